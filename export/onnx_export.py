@@ -1,0 +1,235 @@
+"""Fuse the frozen backbone and a head into one ONNX graph with a dynamic batch, and write the artifact.
+
+Graph (opset 18, exported with ``torch.onnx.export(dynamo=True)``):
+
+    pixel_values float32 [B,3,S,S] ─► logit [B], p_synthetic [B] = sigmoid(logit), head_activations [B,k],
+                                      image_embedding [B,E] (L2-normalised projected embedding)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import platform
+import shutil
+from importlib import metadata
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from sid_edge import __version__
+from sid_edge.backbone import Backbone, load_backbone
+from sid_edge.heads import HeadConfig, load_head
+from sid_edge.imageio import load_and_preprocess
+from sid_edge.manifest import (
+    ARTIFACT_FORMAT,
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    SCHEMA_VERSION,
+    file_entry,
+    write_manifest,
+)
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+#: ONNX protobuf files are capped at 2 GiB; keep weights in external data well before that.
+EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
+MODEL_FILE = "model.fp32.onnx"
+
+
+class FusedDetector(nn.Module):
+    """Backbone + head as one module: pixel_values [B,3,S,S] float32 -> (logit [B], p_synthetic [B],
+    head_activations [B,k], image_embedding [B,E]), all float32."""
+
+    def __init__(self, backbone: Backbone, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.eval().requires_grad_(False)
+
+    def forward(self, pixel_values: torch.Tensor):
+        pooled, embedding = self.backbone(pixel_values)
+        logit, activations = self.head(pooled)
+        return logit, torch.sigmoid(logit), activations, embedding
+
+
+def library_versions() -> dict:
+    """Versions of the libraries that produced an artifact (missing ones omitted)."""
+    out = {"sid_edge": __version__, "python": platform.python_version()}
+    for dist in ("torch", "open_clip_torch", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy", "pillow"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _export_onnx(model: FusedDetector, path: Path, image_size: int) -> None:
+    example = torch.zeros(2, 3, image_size, image_size)
+    n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        input_names=[INPUT_NAME],
+        output_names=list(OUTPUT_NAMES),
+        dynamic_shapes=({0: batch},),
+        opset_version=OPSET,
+        dynamo=True,
+        external_data=n_bytes > EXTERNAL_DATA_THRESHOLD_BYTES,
+        verbose=False,
+    )
+
+
+def measure_parity(model: FusedDetector, onnx_path: Path, pixel_values: np.ndarray) -> dict:
+    """Run PyTorch and ONNX Runtime (CPU) on the same pixel_values [N,3,S,S] float32 and compare.
+
+    Returns {"inputs": N, "max_abs_logit_diff", "max_abs_p_synthetic_diff", "max_abs_head_activation_diff"}.
+    """
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    onnx_out = dict(zip(OUTPUT_NAMES, sess.run(list(OUTPUT_NAMES), {INPUT_NAME: pixel_values})))
+    with torch.inference_mode():
+        torch_out = dict(zip(OUTPUT_NAMES, (t.numpy() for t in model(torch.from_numpy(pixel_values)))))
+    diff = {name: float(np.max(np.abs(onnx_out[name] - torch_out[name]))) for name in OUTPUT_NAMES}
+    return {
+        "inputs": int(len(pixel_values)),
+        "max_abs_logit_diff": diff["logit"],
+        "max_abs_p_synthetic_diff": diff["p_synthetic"],
+        "max_abs_head_activation_diff": diff["head_activations"],
+    }
+
+
+def parity_inputs(backbone: Backbone, images: Sequence[str | os.PathLike] = (), n_random: int = 2, seed: int = 0) -> np.ndarray:
+    """Preprocessed ``images`` plus ``n_random`` random images (uint8 noise through the same preprocessing),
+    stacked as float32 [N,3,S,S]. Images that fail to decode are skipped."""
+    spec = backbone.preprocessing
+    arrays = []
+    for p in images:
+        try:
+            arrays.append(load_and_preprocess(p, spec))
+        except Exception as e:  # noqa: BLE001 - a parity image is optional; say which was skipped
+            log.warning("parity image %s skipped: %s", p, e)
+    rng = np.random.default_rng(seed)
+    from sid_edge.imageio import preprocess
+
+    for _ in range(n_random):
+        arrays.append(preprocess(rng.integers(0, 256, (spec.size + 37, spec.size + 11, 3), dtype=np.uint8), spec))
+    return np.stack(arrays).astype(np.float32)
+
+
+def export_detector(
+    head_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    clip_model: str | None = None,
+    clip_pretrained: str | None = None,
+    backbone: Backbone | None = None,
+    parity_images: Sequence[str | os.PathLike] = (),
+    threshold: float | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Write a detector artifact (``manifest.json`` + ``model.fp32.onnx``) to ``out_dir``; return the manifest.
+
+    Args:
+        head_path: a sid-edge head directory or a clip-cues ``.ckpt`` (see :func:`sid_edge.heads.load_head`).
+        out_dir: artifact directory; must be empty or absent unless ``overwrite``.
+        clip_model, clip_pretrained: backbone (defaults: the head's own backbone if recorded, else ViT-L-14-336
+            QuickGELU with OpenAI weights). Ignored when ``backbone`` is given.
+        parity_images: images used (with two random ones) to measure ONNX Runtime vs PyTorch parity.
+        threshold: decision threshold on p_synthetic (default: the head's, normally 0.5).
+
+    Raises:
+        ValueError: the head's feature dimension does not match the backbone, or ``out_dir`` is not empty.
+    """
+    head, head_cfg = load_head(head_path)
+    if backbone is None:
+        model_name = clip_model or head_cfg.backbone.get("model_name") or "ViT-L-14-336-quickgelu"
+        pretrained = clip_pretrained or head_cfg.backbone.get("pretrained") or "openai"
+        backbone = load_backbone(model_name, pretrained)
+    _check_head_matches(head_cfg, backbone)
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ValueError(f"{out}: not empty; choose a new --out or pass --overwrite")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    fused = FusedDetector(backbone, head)
+    onnx_path = out / MODEL_FILE
+    _export_onnx(fused, onnx_path, backbone.preprocessing.size)
+    import onnx
+
+    onnx.checker.check_model(str(onnx_path))  # path form: works with external data too
+    parity = measure_parity(fused, onnx_path, parity_inputs(backbone, parity_images))
+
+    entry = {"precision": "fp32", **file_entry(out, MODEL_FILE)}
+    data_files = sorted(p.name for p in out.iterdir() if p.name.startswith(MODEL_FILE) and p.name != MODEL_FILE)
+    if data_files:
+        entry["external_data"] = [file_entry(out, name) for name in data_files]
+    entry["fidelity"] = {"reference": "pytorch_fp32", **parity}
+
+    ident = backbone.identity
+    k = head_cfg.k
+    manifest = {
+        "format": ARTIFACT_FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "backbone": ident.to_dict(),
+        "preprocessing": backbone.preprocessing.to_dict(),
+        # How files become RGB uint8 before preprocessing (sid_edge.imageio.decode_image).
+        "decoding": {
+            "decoder": "Pillow",
+            "exif_orientation": "applied",
+            "high_bit_depth": "scaled to 8 bits (value/257)",
+            "alpha": "dropped (convert RGB, as open_clip does)",
+            "frames": "first",
+        },
+        "head": {
+            "kind": head_cfg.kind,
+            "k": k,
+            "feature": head_cfg.feature,
+            "source": head_cfg.source,
+            "trained_on_backbone": head_cfg.backbone,
+            "training": head_cfg.training,
+        },
+        "vocabulary": None,  # concept names, when concept scores are folded into the graph
+        "threshold": float(threshold if threshold is not None else head_cfg.threshold),
+        "threshold_on": "p_synthetic",
+        "input": {"name": INPUT_NAME, "shape": ["batch", 3, ident.image_size, ident.image_size], "dtype": "float32"},
+        "outputs": [
+            {"name": "logit", "shape": ["batch"], "dtype": "float32"},
+            {"name": "p_synthetic", "shape": ["batch"], "dtype": "float32"},
+            {"name": "head_activations", "shape": ["batch", k], "dtype": "float32"},
+            {"name": "image_embedding", "shape": ["batch", ident.embed_dim], "dtype": "float32"},
+        ],
+        "models": {"fp32": entry},
+        "engines": [],
+        "opset": OPSET,
+        "libraries": library_versions(),
+    }
+    write_manifest(out, manifest)
+    return manifest
+
+
+def _check_head_matches(cfg: HeadConfig, backbone: Backbone) -> None:
+    ident = backbone.identity
+    if cfg.feature_dim != ident.feature_dim:
+        raise ValueError(
+            f"the head reads {cfg.feature_dim}-d features but {ident.model_name} gives {ident.feature_dim}-d pooled "
+            f"features; export with the backbone the head was trained on ({cfg.backbone.get('model_name', 'unknown')})"
+        )
+    trained = cfg.backbone
+    if trained and (trained.get("model_name"), trained.get("pretrained")) != (ident.model_name, ident.pretrained):
+        log.warning(
+            "the head was trained on %s/%s but is exported with %s/%s: its scores are only meaningful on the "
+            "backbone it was trained on",
+            trained.get("model_name"), trained.get("pretrained"), ident.model_name, ident.pretrained,
+        )

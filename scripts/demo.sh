@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The main job, offline: train a head on real photographs vs rendered images, export one fused ONNX graph,
+# and scan a folder of real photographs. Uses the small `sid-edge-tiny` CLIP with RANDOM weights by default
+# (scores are meaningless; the pipeline is real). Override with CLIP_MODEL / CLIP_PRETRAINED, e.g.
+#   CLIP_MODEL=ViT-L-14-336-quickgelu CLIP_PRETRAINED=/path/open_clip_model.safetensors ./scripts/demo.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+CLIP_MODEL=${CLIP_MODEL:-sid-edge-tiny}
+CLIP_PRETRAINED=${CLIP_PRETRAINED:-none}
+OUT=${OUT:-build/demo}
+SAMPLES=${SAMPLES:-../shared/samples/clip-cues}
+export SID_EDGE_CACHE=${SID_EDGE_CACHE:-$PWD/build/cache}
+sid() { .venv/bin/sid-edge "$@"; }
+
+rm -rf "$OUT" && mkdir -p "$OUT"
+.venv/bin/python - "$OUT" "$SAMPLES" <<'PY'
+import sys
+from sid_edge.demo import write_demo_dataset, write_photo_folder
+out, samples = sys.argv[1], sys.argv[2]
+write_demo_dataset(f"{out}/train", samples=samples)
+write_photo_folder(f"{out}/photos")
+PY
+sid train --data "$OUT/train" --out "$OUT/head" --clip-model "$CLIP_MODEL" --clip-pretrained "$CLIP_PRETRAINED"
+sid export --head "$OUT/head" --out "$OUT/detector" --clip-model "$CLIP_MODEL" --clip-pretrained "$CLIP_PRETRAINED"
+sid info "$OUT/detector"
+sid scan "$OUT/photos" --model "$OUT/detector" --out "$OUT/results.csv"
+echo
+cat "$OUT/results.csv"

@@ -1,0 +1,3 @@
+from sid_edge.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,282 @@
+"""``sid-edge`` command line: train, export, scan, info.
+
+Heavy imports (torch, open_clip) happen inside the training/export commands only, so ``sid-edge scan`` and
+``sid-edge info`` run on machines without PyTorch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from sid_edge import __version__
+from sid_edge.progress import console
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_MODEL = 0, 1, 2, 3
+
+DEFAULT_CLIP_MODEL = "ViT-L-14-336-quickgelu"
+DEFAULT_CLIP_PRETRAINED = "openai"
+
+
+class UsageError(Exception):
+    """Bad arguments discovered after parsing (exit status 2)."""
+
+
+class ModelError(Exception):
+    """The model/artifact/head cannot be used (exit status 3)."""
+
+
+def _add_backbone_args(p: argparse.ArgumentParser, default_from_head: bool = False) -> None:
+    suffix = " (default: the head's own backbone, else %(default)s)" if default_from_head else " (default: %(default)s)"
+    p.add_argument("--clip-model", default=None if default_from_head else DEFAULT_CLIP_MODEL, metavar="NAME",
+                   help="open_clip model name; OpenAI weights need a -quickgelu name" + suffix.replace("%(default)s", DEFAULT_CLIP_MODEL))
+    p.add_argument("--clip-pretrained", default=None if default_from_head else DEFAULT_CLIP_PRETRAINED, metavar="TAG|PATH|none",
+                   help="open_clip pretrained tag, a local open_clip weights file (works offline), or 'none' for random "
+                        "weights (predictions meaningless; for scale checks)" + suffix.replace("%(default)s", DEFAULT_CLIP_PRETRAINED))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sid-edge",
+        description="Synthetic image detection on frozen CLIP features: train a head, export one fused ONNX "
+                    "graph, scan folders.",
+    )
+    parser.add_argument("--version", action="version", version=f"sid-edge {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a head on CLIP features of labelled images",
+                       description="Extract CLIP features once (cached) and train an orthogonal (or linear) head. "
+                                   "DATA: a folder with real/ and synthetic/ (or 0_real/ and 1_fake/, optionally per "
+                                   "generator), or a CSV manifest path,label[,source].")
+    t.add_argument("--data", required=True, metavar="DATA", help="labelled images (folder or CSV manifest)")
+    t.add_argument("--out", required=True, metavar="HEAD", help="output head directory (head.safetensors + head.json)")
+    _add_backbone_args(t)
+    t.add_argument("--head", default="orthogonal", choices=["orthogonal", "linear"], help="head kind (default: %(default)s)")
+    t.add_argument("--head-dim", type=int, default=8, metavar="K", help="k, directions of the orthogonal head, 2..16 (default: %(default)s)")
+    t.add_argument("--ortho-weight", type=float, default=0.33, help="weight of ‖I − ÂᵀÂ‖_F (default: %(default)s)")
+    t.add_argument("--epochs", type=int, default=200, help="maximum epochs (default: %(default)s)")
+    t.add_argument("--patience", type=int, default=5, help="early-stopping patience on validation AP (default: %(default)s)")
+    t.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: %(default)s)")
+    t.add_argument("--val-fraction", type=float, default=0.2, help="held-out validation share, stratified (default: %(default)s)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--batch-size", type=int, default=16, help="images per backbone batch during extraction (default: %(default)s)")
+    t.add_argument("--cache-dir", default=None, help="feature cache folder (default: user cache dir)")
+    t.add_argument("--no-cache", action="store_true", help="recompute features, do not read or write the cache")
+
+    e = sub.add_parser("export", help="fuse CLIP + head into one ONNX graph (a detector artifact)",
+                       description="Write DIR/manifest.json and DIR/model.fp32.onnx, and measure ONNX Runtime vs "
+                                   "PyTorch parity.")
+    e.add_argument("--head", required=True, metavar="HEAD", help="head directory from `sid-edge train`, or a clip-cues .ckpt")
+    e.add_argument("--out", required=True, metavar="DIR", help="artifact directory to create")
+    _add_backbone_args(e, default_from_head=True)
+    e.add_argument("--threshold", type=float, default=None, help="decision threshold on p_synthetic (default: the head's, 0.5)")
+    e.add_argument("--parity-images", nargs="*", default=[], metavar="IMG", help="images to include in the parity check")
+    e.add_argument("--overwrite", action="store_true", help="replace a non-empty DIR")
+
+    s = sub.add_parser("scan", help="score every image under the given files/folders",
+                       description="Recursively discover images and score them in batches. One row per file: path, "
+                                   "p_synthetic, prediction, error. Bad files get a reason in `error`; the scan goes on.")
+    s.add_argument("paths", nargs="+", metavar="PATH")
+    s.add_argument("--model", default=None, metavar="DIR", help="detector artifact (default: the default detector, built once and cached)")
+    s.add_argument("--out", default=None, metavar="FILE", help="results.csv or results.jsonl (default: CSV on stdout)")
+    s.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default: %(default)s)")
+    s.add_argument("--threshold", type=float, default=None, help="override the artifact's threshold on p_synthetic")
+    s.add_argument("--precision", default="fp32", help="model variant in the artifact (default: %(default)s)")
+    s.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda"], help="inference backend (default: %(default)s)")
+    s.add_argument("--workers", type=int, default=None, help="decoder threads (default: one per core, at least 2)")
+    s.add_argument("--max-pixels", type=int, default=None, help="refuse images with more pixels (decompression bombs)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    i = sub.add_parser("info", help="print an artifact's manifest in readable form")
+    i.add_argument("model", metavar="DIR")
+    i.add_argument("--json", action="store_true", help="print the raw manifest JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    handler = {"train": cmd_train, "export": cmd_export, "scan": cmd_scan, "info": cmd_info}[args.command]
+    try:
+        return handler(args)
+    except UsageError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        return EXIT_USAGE
+    except ModelError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        return EXIT_MODEL
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_time=False, show_path=False)],
+        force=True,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- train
+def cmd_train(args) -> int:
+    if args.head == "orthogonal" and not 2 <= args.head_dim <= 16:
+        raise UsageError(f"--head-dim {args.head_dim}: must be between 2 and 16")
+    from sid_edge.datasets import read_labelled_images
+
+    try:
+        items = read_labelled_images(args.data)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from e
+    import numpy as np
+
+    from sid_edge.backbone import load_backbone
+    from sid_edge.features import extract_features
+    from sid_edge.heads import HeadConfig, save_head
+    from sid_edge.train import TrainConfig, train_head
+
+    backbone = _load_backbone(args.clip_model, args.clip_pretrained)
+    feats = extract_features(backbone, [it.path for it in items], batch_size=args.batch_size,
+                             cache_dir=args.cache_dir, use_cache=not args.no_cache)
+    for idx, reason in sorted(feats.errors.items()):
+        console.print(f"[yellow]skipped[/] {items[idx].path}: {reason}", highlight=False)
+    labels = np.asarray([items[i].label for i in feats.kept])
+    config = TrainConfig(kind=args.head, k=args.head_dim if args.head == "orthogonal" else 1,
+                         ortho_weight=args.ortho_weight, lr=args.lr, max_epochs=args.epochs,
+                         patience=args.patience, val_fraction=args.val_fraction, seed=args.seed)
+    console.print(f"Training a {config.kind} head (k={config.k}) on {len(labels)} images "
+                  f"({int((labels == 0).sum())} real, {int((labels == 1).sum())} synthetic)", highlight=False)
+    try:
+        head, report = train_head(feats.pooled, labels, config)
+    except ValueError as e:
+        raise UsageError(f"{args.data}: {e}") from e
+    cfg = HeadConfig(kind=config.kind, k=config.k, feature_dim=backbone.feature_dim,
+                     backbone=backbone.identity.to_dict(),
+                     training={**report.to_dict(), "data": str(args.data), "skipped_images": len(feats.errors),
+                               "config": config.__dict__})
+    save_head(head, cfg, args.out)
+    console.print(f"validation AP {report.val_ap:.4f} (n_val={report.n_val}, best epoch {report.best_epoch}); "
+                  f"‖I − ÂᵀÂ‖_F {report.ortho_initial:.3f} → {report.ortho_final:.3f}", highlight=False)
+    console.print(f"head written to {args.out}", highlight=False)
+    print(json.dumps({"head": str(args.out), **report.to_dict()}))
+    return EXIT_OK
+
+
+def _load_backbone(model: str, pretrained: str):
+    from sid_edge.backbone import load_backbone
+
+    try:
+        return load_backbone(model, pretrained)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    except RuntimeError as e:
+        raise ModelError(str(e)) from e
+
+
+# ---------------------------------------------------------------------------------------------------- export
+def cmd_export(args) -> int:
+    from sid_edge.export import export_detector
+    from sid_edge.heads import load_head
+
+    try:
+        _, head_cfg = load_head(args.head)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from e
+    except ValueError as e:
+        raise ModelError(str(e)) from e
+    model = args.clip_model or head_cfg.backbone.get("model_name") or DEFAULT_CLIP_MODEL
+    pretrained = args.clip_pretrained or head_cfg.backbone.get("pretrained") or DEFAULT_CLIP_PRETRAINED
+    backbone = _load_backbone(model, pretrained)
+    with console.status("Exporting the fused ONNX graph and measuring parity…"):
+        try:
+            manifest = export_detector(args.head, args.out, backbone=backbone, parity_images=args.parity_images,
+                                       threshold=args.threshold, overwrite=args.overwrite)
+        except ValueError as e:
+            raise ModelError(str(e)) from e
+    fid = manifest["models"]["fp32"]["fidelity"]
+    console.print(f"artifact written to {args.out}: max |Δlogit| ONNX Runtime vs PyTorch = "
+                  f"{fid['max_abs_logit_diff']:.2e} on {fid['inputs']} inputs", highlight=False)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------- scan
+def cmd_scan(args) -> int:
+    from sid_edge.detector import Detector
+    from sid_edge.imageio import DEFAULT_MAX_PIXELS
+    from sid_edge.manifest import ManifestError
+    from sid_edge.scan import scan
+
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise UsageError(f"--threshold {args.threshold}: must be in [0, 1] (it applies to p_synthetic)")
+    missing = [p for p in args.paths if not Path(p).exists() and not Path(p).is_symlink()]
+    if missing:
+        raise UsageError("no such file or folder: " + ", ".join(missing))
+    model_dir = args.model
+    if model_dir is None:
+        from sid_edge.default_detector import DefaultDetectorUnavailable, ensure_default_detector
+
+        try:
+            model_dir = ensure_default_detector()
+        except DefaultDetectorUnavailable as e:
+            raise ModelError(str(e)) from e
+    try:
+        det = Detector.load(model_dir, precision=args.precision, backend=args.backend, threshold=args.threshold)
+    except (ManifestError, ValueError) as e:
+        raise ModelError(str(e)) from e
+    progress = False if args.no_progress else None
+    summary = scan(args.paths, det, out=args.out, batch_size=args.batch_size, workers=args.workers,
+                   max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, progress=progress)
+    console.print(
+        f"{summary.files} files: {summary.scored} scored ({summary.synthetic} synthetic at threshold "
+        f"{det.threshold:g}), {summary.errors} errors; {summary.images_per_second:.1f} images/s on {det.backend}"
+        + (f"; results in {args.out}" if args.out else ""),
+        highlight=False,
+    )
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------- info
+def cmd_info(args) -> int:
+    from rich.table import Table
+
+    from sid_edge.manifest import ManifestError, read_manifest
+
+    try:
+        m = read_manifest(args.model)
+    except ManifestError as e:
+        raise ModelError(str(e)) from e
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return EXIT_OK
+    out = console.__class__()  # stdout
+    b, h, pre = m["backbone"], m["head"], m["preprocessing"]
+    out.print(f"[bold]{args.model}[/] — sid-edge detector, schema {m['schema_version']}, created {m.get('created', '?')}")
+    out.print(f"backbone: {b['model_name']} / {b['pretrained']} (QuickGELU {b['quick_gelu']}, {b['feature']} {b['feature_dim']}-d, "
+              f"embedding {b['embed_dim']}-d)")
+    out.print(f"head: {h['kind']} k={h['k']} from {h.get('source', '?')}")
+    out.print(f"preprocessing: resize {pre['resize_mode']} side→{pre['size']} {pre['interpolation']}, crop {pre.get('crop')}, "
+              f"mean {pre['mean']}, std {pre['std']}, {pre['colour_order']}")
+    out.print(f"threshold: {m['threshold']} on {m.get('threshold_on', 'p_synthetic')}")
+    out.print(f"input: {m['input']['name']} {m['input']['shape']}; outputs: "
+              + ", ".join(f"{o['name']} {o['shape']}" for o in m["outputs"]))
+    table = Table("precision", "file", "size", "sha256", "fidelity")
+    for prec, entry in m["models"].items():
+        fid = entry.get("fidelity", {})
+        fid_text = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in fid.items())
+        table.add_row(prec, entry["file"], f"{entry['size_bytes'] / 1e6:.1f} MB", entry["sha256"][:12] + "…", fid_text)
+    out.print(table)
+    out.print("libraries: " + ", ".join(f"{k} {v}" for k, v in m.get("libraries", {}).items()))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""A small labelled image folder for offline demos, tests and benchmarks.
+
+``real/``: photographs bundled with scikit-image (astronaut, coffee, chelsea, rocket, camera, hubble deep field,
+moon, brick, grass, gravel), saved as JPEG and PNG at several sizes, plus the real photographs of the clip-cues
+samples when a folder of them is given. ``synthetic/``: computer-rendered images (gradients, shapes, skimage's
+colour wheel and logo) plus the clip-cues generated samples when given. Good enough to exercise train → export →
+scan end to end; NOT a benchmark of detection quality. Needs scikit-image (the ``test`` extra).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field", "moon", "brick", "grass", "gravel")
+
+
+def skimage_photographs() -> dict[str, np.ndarray]:
+    """name -> HxWx3 uint8 RGB photograph from scikit-image's bundled data (gray ones stacked to RGB)."""
+    import skimage.data
+
+    out = {}
+    for name in PHOTOS:
+        a = getattr(skimage.data, name)()
+        out[name] = np.stack([a] * 3, axis=-1) if a.ndim == 2 else a[..., :3]
+    return out
+
+
+def rendered_image(seed: int, size: tuple[int, int] = (480, 360)) -> Image.Image:
+    """A deterministic computer-rendered RGB image: a smooth gradient with blurred random shapes."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    t = ((xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1)) / (w + h) + 0.5).clip(0, 1)[..., None]
+    img = Image.fromarray((c0 * (1 - t) + c1 * t).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(3, 9))):
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        box = [x0, y0, x0 + int(rng.integers(20, w // 2)), y0 + int(rng.integers(20, h // 2))]
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
+    return img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 2.0))))
+
+
+def write_demo_dataset(out: str | os.PathLike, *, samples: str | os.PathLike | None = None, crops_per_photo: int = 3,
+                       n_rendered: int = 24, seed: int = 0) -> Path:
+    """Write ``out/real`` and ``out/synthetic`` (deterministic for ``seed``); returns ``out``.
+
+    ``samples``: an optional folder of clip-cues samples (``real*.png``, ``synthetic*.*``), copied in by name.
+    """
+    import skimage.data
+
+    root = Path(out)
+    real, synth = root / "real", root / "synthetic"
+    real.mkdir(parents=True, exist_ok=True)
+    synth.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name, arr in skimage_photographs().items():
+        img = Image.fromarray(arr)
+        img.save(real / f"{name}.jpg", quality=92)
+        h, w = arr.shape[:2]
+        for i in range(crops_per_photo):  # random crops at varied aspect ratios stand in for more photographs
+            cw, ch = int(w * rng.uniform(0.5, 0.9)), int(h * rng.uniform(0.5, 0.9))
+            x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            img.crop((x, y, x + cw, y + ch)).save(real / f"{name}_crop{i}.png")
+    for i in range(n_rendered):
+        size = (int(rng.integers(200, 640)), int(rng.integers(200, 640)))
+        rendered_image(seed * 1000 + i, size).save(synth / f"rendered_{i:03d}.{'png' if i % 2 else 'jpg'}")
+    Image.fromarray(skimage.data.colorwheel()).save(synth / "colorwheel.png")
+    Image.fromarray(skimage.data.logo()).convert("RGB").save(synth / "logo.png")
+    if samples is not None and Path(samples).is_dir():
+        for p in sorted(Path(samples).iterdir()):
+            if p.name.startswith("real"):
+                shutil.copyfile(p, real / f"sample_{p.name}")
+            elif p.name.startswith("synthetic"):
+                shutil.copyfile(p, synth / f"sample_{p.name}")
+    return root
+
+
+def write_photo_folder(out: str | os.PathLike) -> Path:
+    """Write the scikit-image photographs (originals, varied sizes, JPEG and PNG) into ``out``; returns it."""
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    for i, (name, arr) in enumerate(skimage_photographs().items()):
+        Image.fromarray(arr).save(root / f"{name}.{'jpg' if i % 2 else 'png'}", quality=95)
+    return root

@@ -1,0 +1,111 @@
+"""Extract backbone features once per (backbone, image content) and cache them on disk.
+
+Needs torch (the ``train`` extra). The cache is a folder of ``.npz`` shards, one per extraction request, named by
+a hash of the backbone identity and the sha256 of every image's bytes, so a renamed file still hits and an edited
+one misses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from platformdirs import user_cache_dir
+
+from sid_edge.backbone import Backbone
+from sid_edge.pipeline import iter_batches
+from sid_edge.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Features:
+    """Features of the images that decoded: ``pooled`` [N,D] float32, ``embedding`` [N,E] float32 (L2-normalised),
+    ``kept`` [N] indices into the requested list; ``errors`` maps skipped indices to their reason."""
+
+    pooled: np.ndarray
+    embedding: np.ndarray
+    kept: np.ndarray
+    errors: dict[int, str]
+
+
+def default_cache_dir() -> Path:
+    """``$SID_EDGE_CACHE`` or the user cache dir (platformdirs) + ``/features``."""
+    root = os.environ.get("SID_EDGE_CACHE") or user_cache_dir("sid-edge")
+    return Path(root) / "features"
+
+
+def _content_hash(path) -> str:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError as e:
+        return f"unreadable:{type(e).__name__}"
+
+
+def extract_features(
+    backbone: Backbone,
+    paths: Sequence[str | os.PathLike],
+    *,
+    batch_size: int = 16,
+    workers: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    description: str = "Extracting features",
+) -> Features:
+    """Run the frozen backbone over ``paths`` with a progress bar, reading/writing the feature cache.
+
+    Images that fail to decode are skipped and reported in ``Features.errors`` (index -> reason); they never
+    stop the run. The cache stores the result for the exact (backbone identity, image contents) pair.
+    """
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    digest = hashlib.sha256(backbone.identity.key.encode())
+    for p in paths:
+        digest.update(_content_hash(p).encode())
+    shard = cache / backbone.identity.key / f"{digest.hexdigest()[:32]}.npz"
+    if use_cache and shard.is_file():
+        with np.load(shard, allow_pickle=False) as z:
+            errors = {int(i): str(r) for i, r in zip(z["error_index"], z["error_reason"])}
+            log.info("feature cache hit: %s", shard)
+            return Features(z["pooled"], z["embedding"], z["kept"], errors)
+
+    pooled, embedding, kept, errors = [], [], [], {}
+    device = next(backbone.parameters()).device
+    with progress_bar(description, total=len(paths), unit="img") as advance, torch.inference_mode():
+        for batch in iter_batches([str(p) for p in paths], backbone.preprocessing, batch_size, workers=workers):
+            for item in batch.items:
+                if item.error is not None:
+                    errors[item.index] = item.error
+            pixels = batch.pixel_values
+            if pixels is not None:
+                p, e = backbone(torch.from_numpy(pixels).to(device))
+                pooled.append(p.float().cpu().numpy())
+                embedding.append(e.float().cpu().numpy())
+                kept.extend(it.index for it in batch.ok)
+            advance(len(batch.items))
+    result = Features(
+        np.concatenate(pooled) if pooled else np.zeros((0, backbone.feature_dim), np.float32),
+        np.concatenate(embedding) if embedding else np.zeros((0, backbone.embed_dim), np.float32),
+        np.asarray(kept, dtype=np.int64),
+        errors,
+    )
+    if use_cache:
+        shard.parent.mkdir(parents=True, exist_ok=True)
+        tmp = shard.with_suffix(".tmp.npz")
+        np.savez(
+            tmp,
+            pooled=result.pooled,
+            embedding=result.embedding,
+            kept=result.kept,
+            error_index=np.asarray(list(errors), dtype=np.int64),
+            error_reason=np.asarray(list(errors.values()), dtype=str),
+        )
+        os.replace(tmp, shard)  # atomic: a killed run never leaves a half-written shard
+    return result

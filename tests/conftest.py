@@ -1,0 +1,78 @@
+"""Shared fixtures: the tiny random-weight CLIP, a trained head, an exported artifact, real photographs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+CLIP_CUES_FIXTURES = SHARED / "fixtures" / "clip-cues"
+CLIP_CUES_SAMPLES = SHARED / "samples" / "clip-cues"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    # Never touch the user's cache (feature shards, default detector) from tests.
+    os.environ["SID_EDGE_CACHE"] = str(tmp_path_factory.mktemp("sid-edge-cache"))
+
+
+def clip_cues_file(name: str) -> Path:
+    """A file from ../shared/fixtures/clip-cues, or skip the test when the shared folder is absent."""
+    p = CLIP_CUES_FIXTURES / name
+    if not p.is_file():
+        pytest.skip(f"{p} not present (../shared is optional)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    from sid_edge.backbone import TINY_CLIP_MODEL, load_backbone
+
+    import torch
+
+    torch.manual_seed(0)
+    return load_backbone(TINY_CLIP_MODEL, "none")
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    from sid_edge.demo import write_demo_dataset
+
+    return write_demo_dataset(tmp_path_factory.mktemp("demo") / "train", crops_per_photo=2, n_rendered=16)
+
+
+@pytest.fixture(scope="session")
+def photo_dir(tmp_path_factory) -> Path:
+    from sid_edge.demo import write_photo_folder
+
+    return write_photo_folder(tmp_path_factory.mktemp("photos"))
+
+
+@pytest.fixture(scope="session")
+def trained_head(tiny_backbone, demo_data, tmp_path_factory) -> Path:
+    """A head trained through the library on the demo data with the tiny backbone."""
+    import numpy as np
+
+    from sid_edge.datasets import read_labelled_images
+    from sid_edge.features import extract_features
+    from sid_edge.heads import HeadConfig, save_head
+    from sid_edge.train import TrainConfig, train_head
+
+    items = read_labelled_images(demo_data)
+    feats = extract_features(tiny_backbone, [it.path for it in items])
+    labels = np.array([items[i].label for i in feats.kept])
+    head, report = train_head(feats.pooled, labels, TrainConfig(k=4))
+    cfg = HeadConfig(kind="orthogonal", k=4, feature_dim=tiny_backbone.feature_dim,
+                     backbone=tiny_backbone.identity.to_dict(), training=report.to_dict())
+    return save_head(head, cfg, tmp_path_factory.mktemp("head") / "head")
+
+
+@pytest.fixture(scope="session")
+def artifact(tiny_backbone, trained_head, tmp_path_factory) -> Path:
+    from sid_edge.export import export_detector
+
+    out = tmp_path_factory.mktemp("artifact") / "detector"
+    export_detector(trained_head, out, backbone=tiny_backbone)
+    return out
