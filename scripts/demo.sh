@@ -22,7 +22,8 @@ write_demo_dataset(f"{out}/train", samples=samples)
 write_photo_folder(f"{out}/photos")
 PY
 sid train --data "$OUT/train" --out "$OUT/head" --clip-model "$CLIP_MODEL" --clip-pretrained "$CLIP_PRETRAINED"
-sid export --head "$OUT/head" --out "$OUT/detector" --clip-model "$CLIP_MODEL" --clip-pretrained "$CLIP_PRETRAINED"
+sid export --head "$OUT/head" --out "$OUT/detector" --clip-model "$CLIP_MODEL" --clip-pretrained "$CLIP_PRETRAINED" \
+  --parity-images "$OUT"/photos/*
 sid info "$OUT/detector"
 sid scan "$OUT/photos" --model "$OUT/detector" --out "$OUT/results.csv"
 echo

@@ -268,10 +268,10 @@ def cmd_info(args) -> int:
     out.print(f"threshold: {m['threshold']} on {m.get('threshold_on', 'p_synthetic')}")
     out.print(f"input: {m['input']['name']} {m['input']['shape']}; outputs: "
               + ", ".join(f"{o['name']} {o['shape']}" for o in m["outputs"]))
-    table = Table("precision", "file", "size", "sha256", "fidelity")
+    table = Table("precision", "file", "size", "sha256", "fidelity", show_lines=True)
     for prec, entry in m["models"].items():
         fid = entry.get("fidelity", {})
-        fid_text = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in fid.items())
+        fid_text = "\n".join(f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}" for k, v in fid.items())
         table.add_row(prec, entry["file"], f"{entry['size_bytes'] / 1e6:.1f} MB", entry["sha256"][:12] + "…", fid_text)
     out.print(table)
     out.print("libraries: " + ", ".join(f"{k} {v}" for k, v in m.get("libraries", {}).items()))

@@ -32,6 +32,9 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     batch_size: int = 256
+    #: An epoch is one pass over the training split, repeated until at least this many optimizer steps: on small
+    #: datasets one pass is a single step, which makes patience-5 early stopping stop before anything is learnt.
+    min_steps_per_epoch: int = 20
     max_epochs: int = 200
     patience: int = 5
     val_fraction: float = 0.2
@@ -106,10 +109,14 @@ def train_head(features: np.ndarray, labels: np.ndarray, config: TrainConfig = T
     best, best_epoch, best_state, bad_epochs, history = (-1.0, float("inf")), 0, None, 0, []
     for epoch in range(1, config.max_epochs + 1):
         head.train()
-        perm = tr[torch.randperm(len(tr), generator=gen).numpy()]
+        passes = max(1, -(-config.min_steps_per_epoch // -(-len(tr) // config.batch_size)))
+        batches = [
+            perm[start : start + config.batch_size]
+            for perm in (tr[torch.randperm(len(tr), generator=gen).numpy()] for _ in range(passes))
+            for start in range(0, len(perm), config.batch_size)
+        ]
         total, total_bce, n = 0.0, 0.0, 0
-        for start in range(0, len(perm), config.batch_size):
-            idx = perm[start : start + config.batch_size]
+        for idx in batches:
             logit, acts = head(x[idx])
             target = y[idx] * (1 - config.label_smoothing) + 0.5 * config.label_smoothing
             bce = F.binary_cross_entropy_with_logits(logit, target)
