@@ -359,13 +359,13 @@ def cmd_info(args) -> int:
         table.add_row(prec, entry["file"], f"{entry['size_bytes'] / 1e6:.1f} MB", entry["sha256"][:12] + "…", fid_text)
     out.print(table)
     if m.get("engines"):
-        engines = Table("engine", "precision", "batch min/opt/max", "TensorRT", "GPU (compute capability)", "size", show_lines=True)
+        # One line per engine: a table this wide gets its cells cut on an 80-column terminal.
         for e in m["engines"]:
             prof = e.get("profile", {})
-            engines.add_row(e["file"], e["precision"], f"{prof.get('min_batch')}/{prof.get('opt_batch')}/{prof.get('max_batch')}",
-                            str(e.get("tensorrt_version")), f"{e.get('gpu_name')} ({e.get('compute_capability')})",
-                            f"{e['size_bytes'] / 1e6:.1f} MB")
-        out.print(engines)
+            out.print(f"engine {e['precision']}: {e['file']} ({e['size_bytes'] / 1e6:.1f} MB), TensorRT "
+                      f"{e.get('tensorrt_version')}, {e.get('gpu_name')} (compute capability "
+                      f"{e.get('compute_capability')}), batch {prof.get('min_batch')}..{prof.get('max_batch')} "
+                      f"(tuned for {prof.get('opt_batch')})", highlight=False, soft_wrap=True)
     else:
         out.print("engines: none (build with `sid-edge build DIR` on a machine with TensorRT and an NVIDIA GPU)")
     out.print("libraries: " + ", ".join(f"{k} {v}" for k, v in m.get("libraries", {}).items()))
