@@ -33,6 +33,7 @@ from sid_edge.engines import (
     import_cudart,
     import_tensorrt,
     timing_cache_name,
+    trt_logger,
     upsert_engine,
 )
 from sid_edge.manifest import ManifestError, file_entry, model_entry, read_manifest, verify_files, write_manifest
@@ -140,7 +141,7 @@ def build_engine(
     onnx_path = d / model["file"]
     input_name = manifest["input"]["name"]
     image_size = int(manifest["preprocessing"]["size"])
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = trt_logger()
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)

@@ -144,6 +144,19 @@ def import_tensorrt():
     return tensorrt
 
 
+_TRT_LOGGER = None
+
+
+def trt_logger():
+    """One process-wide ``tensorrt.Logger`` (WARNING): TensorRT keeps a single logger and warns when builders and
+    runtimes are created with different ones."""
+    global _TRT_LOGGER
+    if _TRT_LOGGER is None:
+        trt = import_tensorrt()
+        _TRT_LOGGER = trt.Logger(trt.Logger.WARNING)
+    return _TRT_LOGGER
+
+
 def cuda_check(result, what: str):
     """Unpack a cuda-python call result ``(err, *values)``: the value(s) on success, else EngineError naming
     ``what`` and CUDA's own error text."""
@@ -180,7 +193,8 @@ def detect_environment(device: int = 0) -> GpuEnvironment:
             name = (raw.decode(errors="replace") if isinstance(raw, (bytes, bytearray)) else str(raw)).split("\x00")[0].strip()
             cc = f"{props.major}.{props.minor}"
     except EngineError as e:
-        problems.append(f"no usable CUDA GPU: {e}")
+        hint = "" if "cuda-python" in str(e) else "; is an NVIDIA GPU with its driver present?"
+        problems.append(f"no usable CUDA GPU: {e}{hint}")
     return GpuEnvironment(trt_version, name, cc, tuple(problems))
 
 

@@ -23,7 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from sid_edge.engines import EngineError, cuda_check, import_cudart, import_tensorrt, plan_chunks, rebuild_command
+from sid_edge.engines import (
+    EngineError,
+    cuda_check,
+    import_cudart,
+    import_tensorrt,
+    plan_chunks,
+    rebuild_command,
+    trt_logger,
+)
 from sid_edge.manifest import ManifestError
 
 log = logging.getLogger(__name__)
@@ -98,8 +106,7 @@ class TensorRTBackend:
         path = Path(engine_file)
         entry = entry or {}
         cuda_check(cudart.cudaSetDevice(device), f"selecting CUDA device {device}")
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
+        self._runtime = trt.Runtime(trt_logger())
         self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
             raise EngineError(
