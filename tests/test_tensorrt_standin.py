@@ -62,6 +62,27 @@ def test_build_engine_asks_for_a_strongly_typed_network_profile_and_cache(standi
     assert len(engines) == 1 and engines[0]["profile"]["max_batch"] == 16
 
 
+def test_build_progress_monitor_follows_tensorrt_phases(standin, artifact_copy):
+    from sid_edge.export.engine import _progress_monitor, build_engine
+
+    calls, _ = standin
+    build_engine(artifact_copy, "fp32", progress=True)
+    assert ("monitor steps", [True, True, True]) in calls  # every step acknowledged; never cancels the build
+    import tensorrt  # the stand-in
+
+    monitor = _progress_monitor(tensorrt)
+    with monitor.progress:
+        monitor.phase_start("Building engine", None, 2)
+        monitor.phase_start("Tactic selection", "Building engine", 4)
+        monitor.step_complete("Tactic selection", 1)
+        [task] = [t for t in monitor.progress.tasks if t.description.strip() == "Tactic selection"]
+        assert (task.completed, task.total, task.description) == (2, 4, "  Tactic selection")  # nested: indented
+        monitor.phase_finish("Tactic selection")
+        assert [t.description for t in monitor.progress.tasks] == ["Building engine"]
+        monitor.phase_finish("Building engine")
+        assert monitor.progress.tasks == [] and monitor.tasks == {}
+
+
 def test_build_without_timing_cache_leaves_none(standin, artifact_copy):
     from sid_edge.export.engine import build_engine
 

@@ -254,6 +254,14 @@ def make_tensorrt(calls: list) -> types.ModuleType:
         def build_serialized_network(self, network, config):
             mn, opt, mx = config.profile.shapes
             calls.append(("build", config.builder_optimization_level))
+            monitor = config.progress_monitor
+            if monitor is not None:  # report phases the way TensorRT does: nested, stepwise
+                monitor.phase_start("Building engine", None, 2)
+                monitor.phase_start("Tactic selection", "Building engine", 3)
+                calls.append(("monitor steps", [monitor.step_complete("Tactic selection", i) for i in range(3)]))
+                monitor.phase_finish("Tactic selection")
+                monitor.step_complete("Building engine", 1)
+                monitor.phase_finish("Building engine")
             spec = {"input_dtype": "float32", "min": mn[0], "opt": opt[0], "max": mx[0], "size": mn[2], "k": 4, "e": 32}
             return b"STANDIN" + json.dumps(spec).encode()
 
