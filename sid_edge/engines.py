@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 #: What to install for the TensorRT backend and engine builds (pyproject extra).
-TENSORRT_INSTALL_HINT = "pip install 'sid-edge[tensorrt]' (TensorRT >= 10 and cuda-python; on Jetson, TensorRT comes with JetPack)"
+TENSORRT_INSTALL_HINT = ("pip install 'sid-edge[tensorrt]' (TensorRT >= 10 and cuda-python's cuda-bindings; on Jetson, "
+                         "TensorRT comes with JetPack)")
 
 
 class EngineError(RuntimeError):
@@ -120,7 +121,8 @@ class GpuEnvironment:
 
 
 def import_cudart():
-    """The CUDA runtime bindings of cuda-python (``cuda.bindings.runtime``; ``cuda.cudart`` before 12.6).
+    """The CUDA runtime bindings of cuda-python (package cuda-bindings: ``cuda.bindings.runtime``; ``cuda.cudart``
+    in cuda-python before 12.6).
 
     Raises:
         EngineError: cuda-python is not installed.
