@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from sid_edge.backends import BackendChoice, BackendUnavailable, choose_backend, probe_unavailable
+from sid_edge.backends import BackendUnavailable, choose_backend, probe_unavailable
 from sid_edge.cli import main
 from sid_edge.detector import Detector
 from sid_edge.engines import GpuEnvironment, detect_environment
