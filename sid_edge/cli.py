@@ -1,7 +1,7 @@
-"""``sid-edge`` command line: train, export, scan, info.
+"""``sid-edge`` command line: train, export, build, scan, info.
 
 Heavy imports (torch, open_clip) happen inside the training/export commands only, so ``sid-edge scan`` and
-``sid-edge info`` run on machines without PyTorch.
+``sid-edge info`` run on machines without PyTorch; ``sid-edge build`` needs TensorRT, not PyTorch.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_MODEL = 0, 1, 2, 3
 
 DEFAULT_CLIP_MODEL = "ViT-L-14-336-quickgelu"
 DEFAULT_CLIP_PRETRAINED = "openai"
+BACKEND_CHOICES = ("auto", "tensorrt", "cuda", "cpu")  # = sid_edge.backends.BACKEND_CHOICES, kept literal: cheap import
 
 
 class UsageError(Exception):
@@ -36,6 +37,21 @@ def _add_backbone_args(p: argparse.ArgumentParser, default_from_head: bool = Fal
     p.add_argument("--clip-pretrained", default=None if default_from_head else DEFAULT_CLIP_PRETRAINED, metavar="TAG|PATH|none",
                    help="open_clip pretrained tag, a local open_clip weights file (works offline), or 'none' for random "
                         "weights (predictions meaningless; for scale checks)" + suffix.replace("%(default)s", DEFAULT_CLIP_PRETRAINED))
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("TensorRT engine build")
+    g.add_argument("--min-batch", type=int, default=1, metavar="N", help="smallest batch the engine accepts (default: %(default)s)")
+    g.add_argument("--opt-batch", type=int, default=8, metavar="N", help="batch the engine is tuned for (default: %(default)s)")
+    g.add_argument("--max-batch", type=int, default=64, metavar="N",
+                   help="largest batch the engine accepts; bigger batches are split at run time (default: %(default)s)")
+    g.add_argument("--workspace", type=float, default=None, metavar="GIB",
+                   help="cap on TensorRT's scratch memory in GiB (default: TensorRT's, the GPU's memory)")
+    g.add_argument("--opt-level", type=int, default=3, metavar="0-5",
+                   help="builder optimization level: 0 builds fastest, 5 searches longest (default: %(default)s)")
+    g.add_argument("--no-timing-cache", action="store_true",
+                   help="neither read nor update the timing cache kept in the artifact")
+    g.add_argument("--device", type=int, default=0, help="CUDA device to build for (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threshold", type=float, default=None, help="decision threshold on p_synthetic (default: the head's, 0.5)")
     e.add_argument("--parity-images", nargs="*", default=[], metavar="IMG", help="images to include in the parity check")
     e.add_argument("--overwrite", action="store_true", help="replace a non-empty DIR")
+    e.add_argument("--engine", action="store_true",
+                   help="also build a TensorRT engine for each precision in the artifact (needs TensorRT and an NVIDIA GPU)")
+    _add_engine_args(e)
+
+    b = sub.add_parser("build", help="build TensorRT engines for an existing artifact",
+                       description="Build one TensorRT engine per precision from the artifact's ONNX graphs (strongly "
+                                   "typed: FP16/INT8 come from the FP16/Q-DQ graphs), on this machine's GPU, and record "
+                                   "them in the manifest. Needs TensorRT >= 10 and cuda-python: pip install "
+                                   "'sid-edge[tensorrt]'.")
+    b.add_argument("model", metavar="DIR", help="detector artifact")
+    b.add_argument("--precision", action="append", default=None, metavar="P",
+                   help="precision to build (repeatable; default: every model in the artifact)")
+    _add_engine_args(b)
 
     s = sub.add_parser("scan", help="score every image under the given files/folders",
                        description="Recursively discover images and score them in batches. One row per file: path, "
@@ -86,7 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default: %(default)s)")
     s.add_argument("--threshold", type=float, default=None, help="override the artifact's threshold on p_synthetic")
     s.add_argument("--precision", default="fp32", help="model variant in the artifact (default: %(default)s)")
-    s.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda"], help="inference backend (default: %(default)s)")
+    s.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                   help="inference backend: auto takes the fastest available (a TensorRT engine that fits this GPU, "
+                        "else ONNX Runtime CUDA, else CPU) and says which (default: %(default)s)")
+    s.add_argument("--allow-fallback", action="store_true",
+                   help="if the requested backend cannot run here, use ONNX Runtime instead of stopping")
     s.add_argument("--workers", type=int, default=None, help="decoder threads (default: one per core, at least 2)")
     s.add_argument("--max-pixels", type=int, default=None, help="refuse images with more pixels (decompression bombs)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -100,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    handler = {"train": cmd_train, "export": cmd_export, "scan": cmd_scan, "info": cmd_info}[args.command]
+    handler = {"train": cmd_train, "export": cmd_export, "build": cmd_build, "scan": cmd_scan, "info": cmd_info}[args.command]
     try:
         return handler(args)
     except UsageError as e:
@@ -182,6 +215,7 @@ def _load_backbone(model: str, pretrained: str):
 
 # ---------------------------------------------------------------------------------------------------- export
 def cmd_export(args) -> int:
+    engine_options = _engine_options(args) if args.engine else None  # bad profile arguments stop before the export
     from sid_edge.export import export_detector
     from sid_edge.heads import load_head
 
@@ -203,6 +237,54 @@ def cmd_export(args) -> int:
     fid = manifest["models"]["fp32"]["fidelity"]
     console.print(f"artifact written to {args.out}: max |Δlogit| ONNX Runtime vs PyTorch = "
                   f"{fid['max_abs_logit_diff']:.2e} on {fid['inputs']} inputs", highlight=False)
+    if engine_options is not None:
+        _build_engines(args.out, None, engine_options)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------- build
+def _engine_options(args) -> dict:
+    """Validated keyword arguments for sid_edge.export.engine.build_engine (UsageError on bad values)."""
+    from sid_edge.engines import BatchProfile
+
+    try:
+        profile = BatchProfile(args.min_batch, args.opt_batch, args.max_batch)
+    except ValueError as e:
+        raise UsageError(f"--min-batch/--opt-batch/--max-batch: {e}") from e
+    if not 0 <= args.opt_level <= 5:
+        raise UsageError(f"--opt-level {args.opt_level}: must be between 0 and 5")
+    if args.workspace is not None and args.workspace <= 0:
+        raise UsageError(f"--workspace {args.workspace}: must be a positive number of GiB")
+    workspace = None if args.workspace is None else int(args.workspace * (1 << 30))
+    return {"profile": profile, "workspace_bytes": workspace, "optimization_level": args.opt_level,
+            "timing_cache": not args.no_timing_cache, "device": args.device}
+
+
+def _build_engines(model_dir, precisions, options: dict) -> None:
+    from sid_edge.engines import EngineError
+    from sid_edge.export.engine import build_engine
+    from sid_edge.manifest import ManifestError, model_entry, read_manifest
+
+    try:
+        manifest = read_manifest(model_dir)
+        wanted = precisions or list(manifest["models"])
+        for p in wanted:
+            model_entry(manifest, p)
+        for p in wanted:
+            prof = options["profile"]
+            console.print(f"Building the {p} TensorRT engine of {model_dir} (batch {prof.min_batch}..{prof.max_batch}, "
+                          f"tuned for {prof.opt_batch})…", highlight=False)
+            entry = build_engine(model_dir, p, **options)
+            console.print(f"  {entry['file']}: {entry['size_bytes'] / 1e6:.1f} MB in {entry['build_seconds']:.0f} s, "
+                          f"TensorRT {entry['tensorrt_version']} on {entry['gpu_name']} "
+                          f"(compute capability {entry['compute_capability']})", highlight=False)
+    except (EngineError, ManifestError) as e:
+        raise ModelError(str(e)) from e
+
+
+def cmd_build(args) -> int:
+    options = _engine_options(args)
+    _build_engines(args.model, args.precision, options)
     return EXIT_OK
 
 
@@ -229,9 +311,11 @@ def cmd_scan(args) -> int:
         except DefaultDetectorUnavailable as e:
             raise ModelError(str(e)) from e
     try:
-        det = Detector.load(model_dir, precision=args.precision, backend=args.backend, threshold=args.threshold)
-    except (ManifestError, ValueError) as e:
+        det = Detector.load(model_dir, precision=args.precision, backend=args.backend, threshold=args.threshold,
+                            allow_fallback=args.allow_fallback)
+    except (ManifestError, ValueError) as e:  # BackendUnavailable is a ValueError
         raise ModelError(str(e)) from e
+    console.print(f"backend: {det.backend_choice.describe()}", highlight=False)
     progress = False if args.no_progress else None
     summary = scan(args.paths, det, out=args.out, batch_size=args.batch_size, workers=args.workers,
                    max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, progress=progress)
@@ -274,6 +358,16 @@ def cmd_info(args) -> int:
         fid_text = "\n".join(f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}" for k, v in fid.items())
         table.add_row(prec, entry["file"], f"{entry['size_bytes'] / 1e6:.1f} MB", entry["sha256"][:12] + "…", fid_text)
     out.print(table)
+    if m.get("engines"):
+        # One line per engine: a table this wide gets its cells cut on an 80-column terminal.
+        for e in m["engines"]:
+            prof = e.get("profile", {})
+            out.print(f"engine {e['precision']}: {e['file']} ({e['size_bytes'] / 1e6:.1f} MB), TensorRT "
+                      f"{e.get('tensorrt_version')}, {e.get('gpu_name')} (compute capability "
+                      f"{e.get('compute_capability')}), batch {prof.get('min_batch')}..{prof.get('max_batch')} "
+                      f"(tuned for {prof.get('opt_batch')})", highlight=False, soft_wrap=True)
+    else:
+        out.print("engines: none (build with `sid-edge build DIR` on a machine with TensorRT and an NVIDIA GPU)")
     out.print("libraries: " + ", ".join(f"{k} {v}" for k, v in m.get("libraries", {}).items()))
     return EXIT_OK
 

@@ -1,4 +1,4 @@
-"""The runtime: load a detector artifact and score images (torch-free; numpy, Pillow, ONNX Runtime).
+"""The runtime: load a detector artifact and score images (torch-free; numpy, Pillow, ONNX Runtime or TensorRT).
 
     >>> det = Detector.load("my-detector")                      # verifies manifest and sha256 first
     >>> results = det.predict(["a.jpg", rgb_array])            # paths or HxWx3 uint8 arrays in RGB order
@@ -15,13 +15,14 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from sid_edge.backends import BACKEND_CHOICES, Backend, BackendChoice, open_backend
 from sid_edge.imageio import DEFAULT_MAX_PIXELS, Preprocessing
-from sid_edge.manifest import INPUT_NAME, ManifestError, model_entry, read_manifest, verify_files
+from sid_edge.manifest import read_manifest
 from sid_edge.pipeline import Batch, iter_batches
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "cpu", "cuda")
+BACKENDS = BACKEND_CHOICES
 
 
 @dataclass
@@ -52,15 +53,16 @@ class Detector:
     Build with :meth:`load`. ``threshold`` (on p_synthetic) defaults to the manifest's.
     """
 
-    def __init__(self, directory: Path, manifest: dict, session, precision: str, threshold: float | None = None):
+    def __init__(self, directory: Path, manifest: dict, backend: Backend, precision: str, threshold: float | None = None,
+                 choice: BackendChoice | None = None):
         self.directory = directory
         self.manifest = manifest
-        self.session = session
+        self.backend = backend  # the Backend object; str(backend) is its name
+        self.backend_choice = choice
         self.precision = precision
         self.preprocessing = Preprocessing.from_dict(manifest["preprocessing"])
         self.threshold = float(manifest["threshold"] if threshold is None else threshold)
         self.output_names = [o["name"] for o in manifest["outputs"]]
-        self.backend = _backend_name(session)
 
     @classmethod
     def load(
@@ -72,38 +74,41 @@ class Detector:
         threshold: float | None = None,
         verify: bool = True,
         threads: int | None = None,
+        allow_fallback: bool = False,
     ) -> "Detector":
         """Load an artifact written by ``sid-edge export``.
 
         Args:
             directory: the artifact folder (``manifest.json`` + model files).
             precision: which model variant to run (``fp32`` unless the artifact has others).
-            backend: ``auto`` (CUDA when ONNX Runtime has it, else CPU), ``cpu`` or ``cuda``.
+            backend: ``auto`` (the fastest available: a TensorRT engine of ``precision`` that fits this GPU and
+                TensorRT, else ONNX Runtime CUDA, else ONNX Runtime CPU), ``tensorrt``, ``cuda`` or ``cpu``.
+                ``backend_choice.describe()`` says which ran and why.
             threshold: override the manifest's decision threshold on p_synthetic.
-            verify: check every file's size and sha256 against the manifest before loading (a wrong model file
-                is refused before it runs).
+            verify: check the file's size and sha256 against the manifest before loading (a wrong model or
+                engine file is refused before it runs).
             threads: ONNX Runtime intra-op threads (default: its own choice).
+            allow_fallback: when the explicitly requested backend cannot run here (no TensorRT, no GPU, an engine
+                built for another TensorRT release or GPU architecture), run on ONNX Runtime (CUDA, else CPU)
+                instead of refusing.
 
         Raises:
             ManifestError: missing/malformed manifest, missing or altered model file, graph I/O that does not
-                match the manifest. ValueError: unknown backend or unavailable one.
+                match the manifest. BackendUnavailable (a ValueError): the backend cannot run here and no fallback
+                is allowed; the message says why and how to rebuild. ValueError: unknown backend.
         """
-        import onnxruntime as ort
-
         d = Path(directory)
         manifest = read_manifest(d)
-        entry = model_entry(manifest, precision)
-        verify_files(d, entry, check_hash=verify)
-        providers = _providers(backend, ort.get_available_providers())
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        try:
-            session = ort.InferenceSession(str(d / entry["file"]), sess_options=opts, providers=providers)
-        except Exception as e:  # ORT raises its own Fail/InvalidGraph types
-            raise ManifestError(f"{d / entry['file']}: ONNX Runtime could not load it ({e})") from e
-        _check_graph_io(d / entry["file"], session, manifest)
-        return cls(d, manifest, session, precision, threshold)
+        runner, choice = open_backend(d, manifest, precision, backend, allow_fallback=allow_fallback,
+                                      verify=verify, threads=threads)
+        if choice.fallback:
+            log.warning("backend %s", choice.describe())
+        return cls(d, manifest, runner, precision, threshold, choice)
+
+    @property
+    def backend_name(self) -> str:
+        """"tensorrt", "onnxruntime-cuda" or "onnxruntime-cpu"."""
+        return self.backend.name
 
     @property
     def input_size(self) -> int:
@@ -113,9 +118,7 @@ class Detector:
     def run(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
         """Run the graph on preprocessed pixel_values float32 [B,3,S,S]; returns every output by name
         (logit [B], p_synthetic [B], head_activations [B,k], ...)."""
-        pixel_values = np.ascontiguousarray(pixel_values, dtype=np.float32)
-        outs = self.session.run(self.output_names, {INPUT_NAME: pixel_values})
-        return dict(zip(self.output_names, outs))
+        return self.backend.run(np.ascontiguousarray(pixel_values, dtype=np.float32))
 
     def label(self, p_synthetic: float) -> str:
         """"synthetic" if p_synthetic >= threshold else "real"."""
@@ -160,30 +163,3 @@ class Detector:
             results.get(it.index) or Prediction(it.source, None, None, None, None, error=it.error)
             for it in batch.items
         ]
-
-
-def _providers(backend: str, available: list[str]) -> list[str]:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    if backend == "cuda":
-        if "CUDAExecutionProvider" not in available:
-            raise ValueError("backend 'cuda' needs onnxruntime-gpu with a CUDA GPU; this ONNX Runtime has: " + ", ".join(available))
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if backend == "auto" and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
-
-
-def _backend_name(session) -> str:
-    first = session.get_providers()[0]
-    return {"CUDAExecutionProvider": "onnxruntime-cuda", "CPUExecutionProvider": "onnxruntime-cpu"}.get(first, first)
-
-
-def _check_graph_io(path: Path, session, manifest: dict) -> None:
-    inputs = [i.name for i in session.get_inputs()]
-    outputs = {o.name for o in session.get_outputs()}
-    if inputs != [manifest["input"]["name"]]:
-        raise ManifestError(f"{path}: graph inputs {inputs} do not match the manifest ({manifest['input']['name']})")
-    missing = [o["name"] for o in manifest["outputs"] if o["name"] not in outputs]
-    if missing:
-        raise ManifestError(f"{path}: graph lacks output(s) {missing} listed in the manifest")
