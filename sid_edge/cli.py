@@ -265,11 +265,13 @@ def cmd_export(args) -> int:
         raise ModelError(str(e)) from e
     model = args.clip_model or head_cfg.backbone.get("model_name") or DEFAULT_CLIP_MODEL
     pretrained = args.clip_pretrained or head_cfg.backbone.get("pretrained") or DEFAULT_CLIP_PRETRAINED
-    backbone = _load_backbone(model, pretrained)
     vocabulary = None if args.vocabulary.lower() == "none" else args.vocabulary
+    if vocabulary is None and (head_cfg.kind == "concepts" or args.concept_model):
+        raise UsageError("--vocabulary none: a concept model's outputs need its concept names")
     for path in [p for p in (vocabulary, args.concept_model) if p not in (None, "default")]:
         if not Path(path).exists():
             raise UsageError(f"no such file: {path}")
+    backbone = _load_backbone(model, pretrained)
     with console.status("Exporting the fused ONNX graph and measuring parity…"):
         try:
             manifest = export_detector(args.head, args.out, backbone=backbone, parity_images=args.parity_images,

@@ -92,7 +92,7 @@ def scan(
 ) -> ScanSummary:
     """Discover images under ``paths`` (recursively) and score them, writing one row per file to ``out``
     (CSV, or JSONL by extension; stdout when None) as results arrive. ``top_concepts``: concepts per row when
-    the artifact has a vocabulary (0: no ``top_concepts`` field).
+    the artifact has a vocabulary (0: no ``top_concepts`` field); it is set on ``detector.top_concepts``.
 
     Raises FileNotFoundError for a path argument that does not exist; never for a bad image.
     """

@@ -295,3 +295,4 @@ def test_cli_train_concepts(demo_data, tmp_path, capsys):
     assert cfg["kind"] == "concepts" and cfg["training"]["config"]["sparsity_weight"] == 1e-3
     assert main(["train", "--data", str(demo_data), "--out", str(tmp_path / "x"), "--model", "concepts",
                  "--vocabulary", str(tmp_path / "missing.csv"), *backbone]) == 2
+    assert main(["export", "--head", str(out), "--out", str(tmp_path / "e"), "--vocabulary", "none", *backbone]) == 2
