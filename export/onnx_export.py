@@ -4,6 +4,10 @@ Graph (opset 18, exported with ``torch.onnx.export(dynamo=True)``):
 
     pixel_values float32 [B,3,S,S] ─► logit [B], p_synthetic [B] = sigmoid(logit), head_activations [B,k],
                                       image_embedding [B,E] (L2-normalised projected embedding)
+                                      [, concept_scores [B,C]]            with a vocabulary (the default)
+                                      [, concept_logit [B], concept_contributions [B,C]]   with a concept model
+
+The concept part (text tower → fixed Linear weights, concept models) is planned in :mod:`sid_edge.concepts`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from torch import nn
 
 from sid_edge import __version__
 from sid_edge.backbone import Backbone, load_backbone
+from sid_edge.concepts import DEFAULT_TEMPLATE, plan_concepts
 from sid_edge.heads import HeadConfig, load_head
 from sid_edge.imageio import load_and_preprocess
 from sid_edge.manifest import (
@@ -40,22 +45,34 @@ OPSET = 18
 #: ONNX protobuf files are capped at 2 GiB; keep weights in external data well before that.
 EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
 MODEL_FILE = "model.fp32.onnx"
+EXPLANATION_FILE = "explanation.npz"
 
 
 class FusedDetector(nn.Module):
-    """Backbone + head as one module: pixel_values [B,3,S,S] float32 -> (logit [B], p_synthetic [B],
-    head_activations [B,k], image_embedding [B,E]), all float32."""
+    """Backbone + head (+ concepts) as one module: pixel_values [B,3,S,S] float32 -> (logit [B], p_synthetic [B],
+    head_activations [B,k], image_embedding [B,E], *concept outputs), all float32, named by ``output_names``.
 
-    def __init__(self, backbone: Backbone, head: nn.Module):
+    A head whose ``input_feature`` is ``"image_embedding"`` (a concept model) reads the normalised projected
+    embedding; the others read the pooled feature. ``concepts`` maps the embedding to the extra outputs named by
+    its ``output_names`` (see :mod:`sid_edge.concepts`).
+    """
+
+    def __init__(self, backbone: Backbone, head: nn.Module, concepts: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.concepts = concepts
+        self.output_names = tuple(OUTPUT_NAMES) + (tuple(concepts.output_names) if concepts is not None else ())
         self.eval().requires_grad_(False)
 
     def forward(self, pixel_values: torch.Tensor):
         pooled, embedding = self.backbone(pixel_values)
-        logit, activations = self.head(pooled)
-        return logit, torch.sigmoid(logit), activations, embedding
+        feature = embedding if getattr(self.head, "input_feature", "pooled") == "image_embedding" else pooled
+        logit, activations = self.head(feature)
+        outputs = (logit, torch.sigmoid(logit), activations, embedding)
+        if self.concepts is not None:
+            outputs += tuple(self.concepts(embedding))
+        return outputs
 
 
 def library_versions() -> dict:
@@ -78,7 +95,7 @@ def _export_onnx(model: FusedDetector, path: Path, image_size: int) -> None:
         (example,),
         str(path),
         input_names=[INPUT_NAME],
-        output_names=list(OUTPUT_NAMES),
+        output_names=list(model.output_names),
         dynamic_shapes=({0: batch},),
         opset_version=OPSET,
         dynamo=True,
@@ -90,20 +107,24 @@ def _export_onnx(model: FusedDetector, path: Path, image_size: int) -> None:
 def measure_parity(model: FusedDetector, onnx_path: Path, pixel_values: np.ndarray) -> dict:
     """Run PyTorch and ONNX Runtime (CPU) on the same pixel_values [N,3,S,S] float32 and compare.
 
-    Returns {"inputs": N, "max_abs_logit_diff", "max_abs_p_synthetic_diff", "max_abs_head_activation_diff"}.
+    Returns {"inputs": N, "max_abs_logit_diff", "max_abs_p_synthetic_diff", "max_abs_head_activation_diff"}, plus
+    "max_abs_concept_scores_diff" / "max_abs_concept_logit_diff" / "max_abs_concept_contributions_diff" for the
+    concept outputs the graph has.
     """
     import onnxruntime as ort
 
+    names = list(model.output_names)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    onnx_out = dict(zip(OUTPUT_NAMES, sess.run(list(OUTPUT_NAMES), {INPUT_NAME: pixel_values})))
+    onnx_out = dict(zip(names, sess.run(names, {INPUT_NAME: pixel_values})))
     with torch.inference_mode():
-        torch_out = dict(zip(OUTPUT_NAMES, (t.numpy() for t in model(torch.from_numpy(pixel_values)))))
-    diff = {name: float(np.max(np.abs(onnx_out[name] - torch_out[name]))) for name in OUTPUT_NAMES}
+        torch_out = dict(zip(names, (t.numpy() for t in model(torch.from_numpy(pixel_values)))))
+    diff = {name: float(np.max(np.abs(onnx_out[name] - torch_out[name]))) for name in names}
     return {
         "inputs": int(len(pixel_values)),
         "max_abs_logit_diff": diff["logit"],
         "max_abs_p_synthetic_diff": diff["p_synthetic"],
         "max_abs_head_activation_diff": diff["head_activations"],
+        **{f"max_abs_{name}_diff": diff[name] for name in names if name.startswith("concept_")},
     }
 
 
@@ -135,6 +156,9 @@ def export_detector(
     parity_images: Sequence[str | os.PathLike] = (),
     threshold: float | None = None,
     overwrite: bool = False,
+    vocabulary: str | os.PathLike | Sequence | None = "default",
+    concept_model: str | os.PathLike | None = None,
+    prompt_template: str = DEFAULT_TEMPLATE,
 ) -> dict:
     """Write a detector artifact (``manifest.json`` + ``model.fp32.onnx``) to ``out_dir``; return the manifest.
 
@@ -145,9 +169,20 @@ def export_detector(
             QuickGELU with OpenAI weights). Ignored when ``backbone`` is given.
         parity_images: images used (with two random ones) to measure ONNX Runtime vs PyTorch parity.
         threshold: decision threshold on p_synthetic (default: the head's, normally 0.5).
+        vocabulary: concepts whose scores join the graph as ``concept_scores`` [B,C]: ``"default"`` (the packaged
+            photographic vocabulary), a vocabulary CSV (sid-edge or clip-cues layout), or None for none (the graph
+            then has exactly the four head outputs). Embedded once here by the backbone's text tower.
+        concept_model: a concept model (sid-edge concept head or clip-cues concept ``.ckpt``) whose
+            ``concept_logit`` and ``concept_contributions`` join the graph next to the head's logit. When
+            ``head_path`` itself is a concept model, the artifact's logit is the concept logit.
+        prompt_template: ``str.format`` template applied to every prompt (default ``"{}"``: verbatim).
+
+    Also writes ``explanation.npz`` (the weights ``sid-edge explain`` reads) when the artifact has concepts.
 
     Raises:
-        ValueError: the head's feature dimension does not match the backbone, or ``out_dir`` is not empty.
+        ValueError: the head's feature dimension does not match the backbone, ``out_dir`` is not empty, or the
+            concept part is inconsistent (see :func:`sid_edge.concepts.plan_concepts`).
+        FileNotFoundError: a vocabulary or concept-model file does not exist.
     """
     head, head_cfg = load_head(head_path)
     if backbone is None:
@@ -155,6 +190,8 @@ def export_detector(
         pretrained = clip_pretrained or head_cfg.backbone.get("pretrained") or "openai"
         backbone = load_backbone(model_name, pretrained)
     _check_head_matches(head_cfg, backbone)
+    concepts = plan_concepts(backbone, head, head_cfg, vocabulary=vocabulary, concept_model=concept_model,
+                             template=prompt_template)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -162,7 +199,7 @@ def export_detector(
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    fused = FusedDetector(backbone, head)
+    fused = FusedDetector(backbone, head, concepts.module if concepts else None)
     onnx_path = out / MODEL_FILE
     _export_onnx(fused, onnx_path, backbone.preprocessing.size)
     import onnx
@@ -200,7 +237,8 @@ def export_detector(
             "trained_on_backbone": head_cfg.backbone,
             "training": head_cfg.training,
         },
-        "vocabulary": None,  # concept names, when concept scores are folded into the graph
+        "vocabulary": concepts.vocabulary if concepts else None,  # concept names, prompts and the score rule
+        "concept_model": concepts.concept_model if concepts else None,
         "threshold": float(threshold if threshold is not None else head_cfg.threshold),
         "threshold_on": "p_synthetic",
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, ident.image_size, ident.image_size], "dtype": "float32"},
@@ -209,8 +247,10 @@ def export_detector(
             {"name": "p_synthetic", "shape": ["batch"], "dtype": "float32"},
             {"name": "head_activations", "shape": ["batch", k], "dtype": "float32"},
             {"name": "image_embedding", "shape": ["batch", ident.embed_dim], "dtype": "float32"},
+            *(concepts.output_specs if concepts else []),
         ],
         "models": {"fp32": entry},
+        "explanation": _write_explanation(out, concepts.explanation) if concepts else None,
         "engines": [],
         "opset": OPSET,
         "libraries": library_versions(),
@@ -219,12 +259,21 @@ def export_detector(
     return manifest
 
 
+def _write_explanation(out: Path, arrays: dict[str, np.ndarray]) -> dict:
+    """Write ``explanation.npz`` (plain arrays, no pickle) and return its manifest entry."""
+    np.savez(out / EXPLANATION_FILE, **arrays)
+    return {**file_entry(out, EXPLANATION_FILE), "arrays": {k: list(v.shape) for k, v in arrays.items()}}
+
+
 def _check_head_matches(cfg: HeadConfig, backbone: Backbone) -> None:
     ident = backbone.identity
-    if cfg.feature_dim != ident.feature_dim:
+    reads_embedding = cfg.feature == "image_embedding"
+    have = ident.embed_dim if reads_embedding else ident.feature_dim
+    if cfg.feature_dim != have:
+        what = "projected image embeddings" if reads_embedding else "pooled features"
         raise ValueError(
-            f"the head reads {cfg.feature_dim}-d features but {ident.model_name} gives {ident.feature_dim}-d pooled "
-            f"features; export with the backbone the head was trained on ({cfg.backbone.get('model_name', 'unknown')})"
+            f"the head reads {cfg.feature_dim}-d features but {ident.model_name} gives {have}-d {what}; "
+            f"export with the backbone the head was trained on ({cfg.backbone.get('model_name', 'unknown')})"
         )
     trained = cfg.backbone
     if trained and (trained.get("model_name"), trained.get("pretrained")) != (ident.model_name, ident.pretrained):

@@ -26,5 +26,7 @@ sid export --head "$OUT/head" --out "$OUT/detector" --clip-model "$CLIP_MODEL" -
   --parity-images "$OUT"/photos/*
 sid info "$OUT/detector"
 sid scan "$OUT/photos" --model "$OUT/detector" --out "$OUT/results.csv"
+sid explain "$OUT/detector" --images "$OUT"/photos/coffee.jpg "$OUT"/photos/astronaut.png --out "$OUT/explain"
 echo
 cat "$OUT/results.csv"
+echo "explanation report: $OUT/explain/report.md"

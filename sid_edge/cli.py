@@ -1,7 +1,8 @@
-"""``sid-edge`` command line: train, export, build, scan, info.
+"""``sid-edge`` command line: train, export, build, scan, info, explain.
 
-Heavy imports (torch, open_clip) happen inside the training/export commands only, so ``sid-edge scan`` and
-``sid-edge info`` run on machines without PyTorch; ``sid-edge build`` needs TensorRT, not PyTorch.
+Heavy imports (torch, open_clip) happen inside the training/export commands only, so ``sid-edge scan``,
+``sid-edge info`` and ``sid-edge explain`` run on machines without PyTorch; ``sid-edge build`` needs TensorRT, not
+PyTorch.
 """
 
 from __future__ import annotations
@@ -65,13 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a head on CLIP features of labelled images",
-                       description="Extract CLIP features once (cached) and train an orthogonal (or linear) head. "
+                       description="Extract CLIP features once (cached) and train an orthogonal (or linear) head, or "
+                                   "the paper's sparse concept bottleneck model (--model concepts). "
                                    "DATA: a folder with real/ and synthetic/ (or 0_real/ and 1_fake/, optionally per "
                                    "generator), or a CSV manifest path,label[,source].")
     t.add_argument("--data", required=True, metavar="DATA", help="labelled images (folder or CSV manifest)")
     t.add_argument("--out", required=True, metavar="HEAD", help="output head directory (head.safetensors + head.json)")
     _add_backbone_args(t)
-    t.add_argument("--head", default="orthogonal", choices=["orthogonal", "linear"], help="head kind (default: %(default)s)")
+    t.add_argument("--model", "--head", dest="head", default="orthogonal", choices=["orthogonal", "linear", "concepts"],
+                   help="what to train: an orthogonal or linear head on the pooled feature, or a concept bottleneck "
+                        "model on the projected embedding (default: %(default)s)")
     t.add_argument("--head-dim", type=int, default=8, metavar="K", help="k, directions of the orthogonal head, 2..16 (default: %(default)s)")
     t.add_argument("--ortho-weight", type=float, default=0.33, help="weight of ‖I − ÂᵀÂ‖_F (default: %(default)s)")
     t.add_argument("--epochs", type=int, default=200, help="maximum epochs (default: %(default)s)")
@@ -82,6 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=16, help="images per backbone batch during extraction (default: %(default)s)")
     t.add_argument("--cache-dir", default=None, help="feature cache folder (default: user cache dir)")
     t.add_argument("--no-cache", action="store_true", help="recompute features, do not read or write the cache")
+    c = t.add_argument_group("concept model (--model concepts)")
+    c.add_argument("--vocabulary", default="default", metavar="FILE|default",
+                   help="concept vocabulary CSV (sid-edge or clip-cues layout; default: the packaged one)")
+    c.add_argument("--prompt-template", default="{}", metavar="TEMPLATE",
+                   help="str.format template applied to every prompt (default: '{}', prompts verbatim)")
+    c.add_argument("--sparsity-weight", type=float, default=1e-4, metavar="BETA",
+                   help="weight of the KL sparsity prior on the gates (default: %(default)s)")
+    c.add_argument("--prior-rate", type=float, default=1e-4, metavar="ALPHA",
+                   help="Bernoulli rate the gates are pulled towards (default: %(default)s)")
+    c.add_argument("--temperature", type=float, default=0.1,
+                   help="binary-concrete temperature while training (default: %(default)s)")
 
     e = sub.add_parser("export", help="fuse CLIP + head into one ONNX graph (a detector artifact)",
                        description="Write DIR/manifest.json and DIR/model.fp32.onnx, and measure ONNX Runtime vs "
@@ -92,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threshold", type=float, default=None, help="decision threshold on p_synthetic (default: the head's, 0.5)")
     e.add_argument("--parity-images", nargs="*", default=[], metavar="IMG", help="images to include in the parity check")
     e.add_argument("--overwrite", action="store_true", help="replace a non-empty DIR")
+    e.add_argument("--vocabulary", default="default", metavar="FILE|default|none",
+                   help="concepts whose scores the graph outputs (concept_scores): a vocabulary CSV (sid-edge or "
+                        "clip-cues layout), 'default' (the packaged photographic vocabulary) or 'none'. With a concept "
+                        "model, it only names an unnamed clip-cues checkpoint's concepts (default: %(default)s)")
+    e.add_argument("--concept-model", default=None, metavar="HEAD",
+                   help="a concept model (from `train --model concepts`, or a clip-cues cm_*.ckpt) whose concept_logit "
+                        "and concept_contributions join the graph next to --head's score")
+    e.add_argument("--prompt-template", default="{}", metavar="TEMPLATE",
+                   help="str.format template applied to every prompt (default: '{}', prompts verbatim)")
     e.add_argument("--engine", action="store_true",
                    help="also build a TensorRT engine for each precision in the artifact (needs TensorRT and an NVIDIA GPU)")
     _add_engine_args(e)
@@ -123,17 +147,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None, help="decoder threads (default: one per core, at least 2)")
     s.add_argument("--max-pixels", type=int, default=None, help="refuse images with more pixels (decompression bombs)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--top-concepts", type=int, default=3, metavar="N",
+                   help="top concepts per row when the artifact has a vocabulary: by |contribution| with a concept "
+                        "model, else by |concept score|; 0 for none (default: %(default)s)")
 
     i = sub.add_parser("info", help="print an artifact's manifest in readable form")
     i.add_argument("model", metavar="DIR")
     i.add_argument("--json", action="store_true", help="print the raw manifest JSON")
+
+    x = sub.add_parser("explain", help="explain a detector in words: head directions, orthogonality, image reasons",
+                       description="Write REPORT_DIR/report.md (+ report.json) with PNG charts: for each head direction "
+                                   "the most aligned and most opposed concepts, the directions' Gram matrix, and for "
+                                   "the given images the concepts that pushed their score up or down. Needs an "
+                                   "artifact exported with a vocabulary, and matplotlib.")
+    x.add_argument("model", metavar="DIR", help="detector artifact")
+    x.add_argument("--images", nargs="*", default=[], metavar="IMG", help="images or folders to explain")
+    x.add_argument("--out", required=True, metavar="REPORT_DIR", help="report folder (created)")
+    x.add_argument("--top", type=int, default=8, metavar="N", help="concepts per list (default: %(default)s)")
+    x.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda"], help="inference backend for the images (default: %(default)s)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    handler = {"train": cmd_train, "export": cmd_export, "build": cmd_build, "scan": cmd_scan, "info": cmd_info}[args.command]
+    handler = {"train": cmd_train, "export": cmd_export, "build": cmd_build, "scan": cmd_scan, "info": cmd_info,
+               "explain": cmd_explain}[args.command]
     try:
         return handler(args)
     except UsageError as e:
@@ -170,7 +209,6 @@ def cmd_train(args) -> int:
         raise UsageError(str(e)) from e
     import numpy as np
 
-    from sid_edge.backbone import load_backbone
     from sid_edge.features import extract_features
     from sid_edge.heads import HeadConfig, save_head
     from sid_edge.train import TrainConfig, train_head
@@ -181,6 +219,8 @@ def cmd_train(args) -> int:
     for idx, reason in sorted(feats.errors.items()):
         console.print(f"[yellow]skipped[/] {items[idx].path}: {reason}", highlight=False)
     labels = np.asarray([items[i].label for i in feats.kept])
+    if args.head == "concepts":
+        return _train_concepts(args, backbone, feats, labels)
     config = TrainConfig(kind=args.head, k=args.head_dim if args.head == "orthogonal" else 1,
                          ortho_weight=args.ortho_weight, lr=args.lr, max_epochs=args.epochs,
                          patience=args.patience, val_fraction=args.val_fraction, seed=args.seed)
@@ -198,6 +238,38 @@ def cmd_train(args) -> int:
     console.print(f"validation AP {report.val_ap:.4f} (n_val={report.n_val}, best epoch {report.best_epoch}); "
                   f"‖I − ÂᵀÂ‖_F {report.ortho_initial:.3f} → {report.ortho_final:.3f}", highlight=False)
     console.print(f"head written to {args.out}", highlight=False)
+    print(json.dumps({"head": str(args.out), **report.to_dict()}))
+    return EXIT_OK
+
+
+def _train_concepts(args, backbone, feats, labels) -> int:
+    from sid_edge.concept_model import (ConceptTrainConfig, concept_head_config, train_concept_model,
+                                        vocabulary_block)
+    from sid_edge.concepts import build_concept_set
+    from sid_edge.heads import save_head
+
+    try:
+        cset = build_concept_set(backbone, args.vocabulary, template=args.prompt_template)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from e
+    config = ConceptTrainConfig(temperature=args.temperature, sparsity_weight=args.sparsity_weight,
+                                prior_rate=args.prior_rate, lr=args.lr, max_epochs=args.epochs, patience=args.patience,
+                                val_fraction=args.val_fraction, seed=args.seed)
+    console.print(f"Training a concept model ({len(cset.concepts)} concepts from {cset.source}) on {len(labels)} images "
+                  f"({int((labels == 0).sum())} real, {int((labels == 1).sum())} synthetic)", highlight=False)
+    try:
+        model, report = train_concept_model(feats.embedding, labels, cset.directions, config)
+    except ValueError as e:
+        raise UsageError(f"{args.data}: {e}") from e
+    vocab = vocabulary_block(cset.concepts, cset.template, cset.source, cset.sha256)
+    cfg = concept_head_config(model, vocab, backbone.identity.to_dict(),
+                              training={**report.to_dict(), "data": str(args.data), "skipped_images": len(feats.errors),
+                                        "config": config.__dict__})
+    save_head(model, cfg, args.out)
+    console.print(f"validation AP {report.val_ap:.4f} (n_val={report.n_val}, best epoch {report.best_epoch}); active "
+                  f"gates per image {report.active_gates_initial:.1f} → {report.active_gates:.1f} of {report.n_concepts}",
+                  highlight=False)
+    console.print(f"concept model written to {args.out}", highlight=False)
     print(json.dumps({"head": str(args.out), **report.to_dict()}))
     return EXIT_OK
 
@@ -227,16 +299,27 @@ def cmd_export(args) -> int:
         raise ModelError(str(e)) from e
     model = args.clip_model or head_cfg.backbone.get("model_name") or DEFAULT_CLIP_MODEL
     pretrained = args.clip_pretrained or head_cfg.backbone.get("pretrained") or DEFAULT_CLIP_PRETRAINED
+    vocabulary = None if args.vocabulary.lower() == "none" else args.vocabulary
+    if vocabulary is None and (head_cfg.kind == "concepts" or args.concept_model):
+        raise UsageError("--vocabulary none: a concept model's outputs need its concept names")
+    for path in [p for p in (vocabulary, args.concept_model) if p not in (None, "default")]:
+        if not Path(path).exists():
+            raise UsageError(f"no such file: {path}")
     backbone = _load_backbone(model, pretrained)
     with console.status("Exporting the fused ONNX graph and measuring parity…"):
         try:
             manifest = export_detector(args.head, args.out, backbone=backbone, parity_images=args.parity_images,
-                                       threshold=args.threshold, overwrite=args.overwrite)
+                                       threshold=args.threshold, overwrite=args.overwrite, vocabulary=vocabulary,
+                                       concept_model=args.concept_model, prompt_template=args.prompt_template)
         except ValueError as e:
             raise ModelError(str(e)) from e
     fid = manifest["models"]["fp32"]["fidelity"]
     console.print(f"artifact written to {args.out}: max |Δlogit| ONNX Runtime vs PyTorch = "
                   f"{fid['max_abs_logit_diff']:.2e} on {fid['inputs']} inputs", highlight=False)
+    if manifest["vocabulary"]:
+        console.print(f"concept scores: {manifest['vocabulary']['count']} concepts from "
+                      f"{manifest['vocabulary']['source']}" + (f"; concept model {manifest['concept_model']['source']}"
+                                                               if manifest["concept_model"] else ""), highlight=False)
     if engine_options is not None:
         _build_engines(args.out, None, engine_options)
     return EXIT_OK
@@ -297,6 +380,8 @@ def cmd_scan(args) -> int:
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
+    if args.top_concepts < 0:
+        raise UsageError(f"--top-concepts {args.top_concepts}: must be >= 0")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise UsageError(f"--threshold {args.threshold}: must be in [0, 1] (it applies to p_synthetic)")
     missing = [p for p in args.paths if not Path(p).exists() and not Path(p).is_symlink()]
@@ -318,7 +403,7 @@ def cmd_scan(args) -> int:
     console.print(f"backend: {det.backend_choice.describe()}", highlight=False)
     progress = False if args.no_progress else None
     summary = scan(args.paths, det, out=args.out, batch_size=args.batch_size, workers=args.workers,
-                   max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, progress=progress)
+                   max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, progress=progress, top_concepts=args.top_concepts)
     console.print(
         f"{summary.files} files: {summary.scored} scored ({summary.synthetic} synthetic at threshold "
         f"{det.threshold:g}), {summary.errors} errors; {summary.images_per_second:.1f} images/s on {det.backend}"
@@ -350,6 +435,11 @@ def cmd_info(args) -> int:
     out.print(f"preprocessing: resize {pre['resize_mode']} side→{pre['size']} {pre['interpolation']}, crop {pre.get('crop')}, "
               f"mean {pre['mean']}, std {pre['std']}, {pre['colour_order']}")
     out.print(f"threshold: {m['threshold']} on {m.get('threshold_on', 'p_synthetic')}")
+    vocab, cm = m.get("vocabulary"), m.get("concept_model")
+    out.print("concepts: " + (f"{vocab['count']} from {vocab['source']} (template {vocab.get('template')!r}, top "
+                              f"concepts by {vocab.get('top_concepts_by')})" if vocab else "none")
+              + (f"; concept model {cm['source']}" + (" (the head)" if cm.get("is_head") else "") if cm else ""),
+              highlight=False)
     out.print(f"input: {m['input']['name']} {m['input']['shape']}; outputs: "
               + ", ".join(f"{o['name']} {o['shape']}" for o in m["outputs"]))
     table = Table("precision", "file", "size", "sha256", "fidelity", show_lines=True)
@@ -369,6 +459,35 @@ def cmd_info(args) -> int:
     else:
         out.print("engines: none (build with `sid-edge build DIR` on a machine with TensorRT and an NVIDIA GPU)")
     out.print("libraries: " + ", ".join(f"{k} {v}" for k, v in m.get("libraries", {}).items()))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------- explain
+def cmd_explain(args) -> int:
+    from sid_edge.imageio import discover_images
+    from sid_edge.manifest import ManifestError
+
+    if args.top < 1:
+        raise UsageError(f"--top {args.top}: must be >= 1")
+    try:
+        images = discover_images(args.images)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from e
+    try:
+        from sid_edge.explain import explain
+        import matplotlib  # noqa: F401  (a clear message below instead of a traceback mid-report)
+    except ImportError as e:
+        raise UsageError(f"sid-edge explain needs matplotlib: pip install 'sid-edge[explain]' ({e})") from e
+    with console.status("Writing the explanation report…"):
+        try:
+            report = explain(args.model, args.out, images, top=args.top, backend=args.backend)
+        except (ManifestError, ValueError) as e:
+            raise ModelError(str(e)) from e
+    failed = [img for img in report.images if img.error is not None]
+    for img in failed:
+        console.print(f"[yellow]skipped[/] {img.source}: {img.error}", highlight=False)
+    console.print(f"report written to {report.markdown} ({len(report.charts)} charts: {len(report.directions)} "
+                  f"directions, {len(report.images) - len(failed)} images)", highlight=False)
     return EXIT_OK
 
 

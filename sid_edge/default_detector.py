@@ -41,7 +41,8 @@ def cache_root() -> Path:
 
 
 def default_detector_dir() -> Path:
-    return cache_root() / "default-detector-v1"
+    # v2: built with concept scores (the packaged vocabulary); a cached v1 artifact without them is not reused.
+    return cache_root() / "default-detector-v2"
 
 
 _OFFLINE_HELP = (

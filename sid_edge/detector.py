@@ -19,6 +19,7 @@ from sid_edge.backends import BACKEND_CHOICES, Backend, BackendChoice, open_back
 from sid_edge.imageio import DEFAULT_MAX_PIXELS, Preprocessing
 from sid_edge.manifest import read_manifest
 from sid_edge.pipeline import Batch, iter_batches
+from sid_edge.top_concepts import DEFAULT_TOP_CONCEPTS, ConceptHit, concept_names, top_concepts
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,10 @@ class Prediction:
     ``p_synthetic`` in [0,1] (sigmoid of ``logit``); ``prediction`` is "synthetic" when p_synthetic >= threshold,
     else "real"; ``head_activations`` float32 [k]. For an image that could not be decoded, the scores are None,
     ``prediction`` is None and ``error`` says why.
+
+    Artifacts with a vocabulary add ``concept_scores`` float32 [C] (cosines, names in ``Detector.concept_names``)
+    and ``top_concepts`` (see :mod:`sid_edge.top_concepts`); with a concept model also ``concept_logit`` and
+    ``concept_contributions`` float32 [C] (its per-concept terms; they sum, plus a bias, to concept_logit).
     """
 
     source: object
@@ -41,6 +46,10 @@ class Prediction:
     head_activations: np.ndarray | None = None
     error: str | None = None
     extra: dict = field(default_factory=dict)
+    concept_scores: np.ndarray | None = None
+    concept_logit: float | None = None
+    concept_contributions: np.ndarray | None = None
+    top_concepts: list[ConceptHit] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -50,7 +59,9 @@ class Prediction:
 class Detector:
     """A loaded detector artifact with an inference backend.
 
-    Build with :meth:`load`. ``threshold`` (on p_synthetic) defaults to the manifest's.
+    Build with :meth:`load`. ``threshold`` (on p_synthetic) defaults to the manifest's. ``top_concepts`` (default
+    3) is how many top concepts each Prediction carries when the artifact has a vocabulary; set it before
+    predicting (0 for none; ``concept_scores`` always hold all C).
     """
 
     def __init__(self, directory: Path, manifest: dict, backend: Backend, precision: str, threshold: float | None = None,
@@ -63,6 +74,9 @@ class Detector:
         self.preprocessing = Preprocessing.from_dict(manifest["preprocessing"])
         self.threshold = float(manifest["threshold"] if threshold is None else threshold)
         self.output_names = [o["name"] for o in manifest["outputs"]]
+        #: Concept names in the column order of concept_scores / concept_contributions ([] without a vocabulary).
+        self.concept_names = concept_names(manifest)
+        self.top_concepts = DEFAULT_TOP_CONCEPTS
 
     @classmethod
     def load(
@@ -152,14 +166,25 @@ class Detector:
             outs = self.run(pixels)
             for j, item in enumerate(batch.ok):
                 p = float(outs["p_synthetic"][j])
-                results[item.index] = Prediction(
+                results[item.index] = self._with_concepts(Prediction(
                     source=item.source,
                     p_synthetic=p,
                     logit=float(outs["logit"][j]),
                     prediction=self.label(p),
                     head_activations=outs["head_activations"][j],
-                )
+                ), outs, j)
         return [
             results.get(it.index) or Prediction(it.source, None, None, None, None, error=it.error)
             for it in batch.items
         ]
+
+    def _with_concepts(self, pred: Prediction, outs: dict[str, np.ndarray], j: int) -> Prediction:
+        """Attach row ``j``'s concept outputs and its ``self.top_concepts`` top concepts (when the graph has them)."""
+        if "concept_scores" in outs:
+            pred.concept_scores = outs["concept_scores"][j]
+            if "concept_contributions" in outs:
+                pred.concept_contributions = outs["concept_contributions"][j]
+                pred.concept_logit = float(outs["concept_logit"][j])
+            pred.top_concepts = top_concepts(self.concept_names, pred.concept_scores, pred.concept_contributions,
+                                             self.top_concepts)
+        return pred

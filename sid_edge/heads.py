@@ -93,6 +93,8 @@ class HeadConfig:
     threshold: float = 0.5
     source: str = "sid-edge train"
     training: dict = field(default_factory=dict)
+    #: Concept heads only (kind ``concepts``): the concept vocabulary, see :mod:`sid_edge.concept_model`.
+    vocabulary: dict | None = None
 
     def to_dict(self) -> dict:
         return {"format": HEAD_FORMAT, "version": HEAD_FORMAT_VERSION, **self.__dict__}
@@ -121,9 +123,11 @@ def save_head(head: nn.Module, config: HeadConfig, out_dir: str | os.PathLike) -
 def load_head(path: str | os.PathLike) -> tuple[nn.Module, HeadConfig]:
     """Load a head from a sid-edge head directory (or its head.json / head.safetensors) or a clip-cues ``.ckpt``.
 
-    Returns (head module in eval mode, config). Raises FileNotFoundError for a missing path and ValueError naming
-    the file for anything that is not a head this project can use (wrong format, unknown keys, wrong shapes, a
-    concept-model checkpoint).
+    Returns (head module in eval mode, config). Concept bottleneck models (sid-edge kind ``concepts``, clip-cues
+    ``model_type == "concept"``) load as :class:`sid_edge.concept_model.ConceptBottleneck`, which reads the
+    projected image embedding instead of the pooled feature (``cfg.feature``). Raises FileNotFoundError for a
+    missing path and ValueError naming the file for anything that is not a head this project can use (wrong
+    format, unknown keys, wrong shapes).
     """
     p = Path(path)
     if not p.exists():
@@ -150,6 +154,10 @@ def _load_sid_edge_head(directory: Path) -> tuple[nn.Module, HeadConfig]:
         raise ValueError(f"{cfg_path}: format is {raw.get('format')!r}, expected {HEAD_FORMAT!r}")
     if raw.get("version") != HEAD_FORMAT_VERSION:
         raise ValueError(f"{cfg_path}: head format version {raw.get('version')} is not supported")
+    if raw.get("kind") == "concepts":
+        from sid_edge.concept_model import load_concept_head
+
+        return load_concept_head(directory)
     raw = {k: v for k, v in raw.items() if k not in ("format", "version")}
     cfg = HeadConfig(**raw)
     head = build_head(cfg.kind, cfg.feature_dim, cfg.k)
@@ -178,12 +186,13 @@ _CLIP_CUES_KEYS = {
 def load_clip_cues_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, HeadConfig]:
     """Import a clip-cues head checkpoint (github.com/marco-willi/clip-cues, ``data/checkpoints/*.ckpt``).
 
-    Format (torch.save dict, read with ``weights_only=True``): ``{"model_type": "clip"|"linear", "state_dict": ...}``;
-    clip: ``layers.0`` (k,1024) + ``to_logits`` (1,k); linear: ``fc`` (1,1024). Their feature is the 1024-d pooled
-    CLS of ViT-L/14-336 (OpenAI weights) before the projection.
+    Format (torch.save dict, read with ``weights_only=True``): ``{"model_type": "clip"|"linear"|"concept",
+    "state_dict": ...}``; clip: ``layers.0`` (k,1024) + ``to_logits`` (1,k); linear: ``fc`` (1,1024). Their
+    feature is the 1024-d pooled CLS of ViT-L/14-336 (OpenAI weights) before the projection. ``concept``
+    checkpoints are imported by :func:`sid_edge.concept_model.import_clip_cues_concept_checkpoint`.
 
-    Raises ValueError naming the file: not a torch checkpoint, unsafe pickle content, concept model, unknown
-    ``model_type``, missing/extra keys, inconsistent shapes.
+    Raises ValueError naming the file: not a torch checkpoint, unsafe pickle content, unknown ``model_type``,
+    missing/extra keys, inconsistent shapes.
     """
     p = Path(path)
     try:
@@ -194,9 +203,11 @@ def load_clip_cues_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, HeadC
         raise ValueError(f"{p}: not a clip-cues checkpoint (expected a dict with 'model_type' and 'state_dict')")
     model_type = ckpt["model_type"]
     if model_type == "concept":
-        raise ValueError(f"{p}: a concept-model checkpoint, not a classification head; it cannot be used as --head")
+        from sid_edge.concept_model import import_clip_cues_concept_checkpoint
+
+        return import_clip_cues_concept_checkpoint(p, ckpt)
     if model_type not in _CLIP_CUES_KEYS:
-        raise ValueError(f"{p}: unknown clip-cues model_type {model_type!r} (expected 'clip' or 'linear')")
+        raise ValueError(f"{p}: unknown clip-cues model_type {model_type!r} (expected 'clip', 'linear' or 'concept')")
     mapping = _CLIP_CUES_KEYS[model_type]
     state = ckpt["state_dict"]
     if set(state) != set(mapping):

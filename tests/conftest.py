@@ -51,18 +51,12 @@ def photo_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_head(tiny_backbone, demo_data, tmp_path_factory) -> Path:
+def trained_head(tiny_backbone, demo_features, tmp_path_factory) -> Path:
     """A head trained through the library on the demo data with the tiny backbone."""
-    import numpy as np
-
-    from sid_edge.datasets import read_labelled_images
-    from sid_edge.features import extract_features
     from sid_edge.heads import HeadConfig, save_head
     from sid_edge.train import TrainConfig, train_head
 
-    items = read_labelled_images(demo_data)
-    feats = extract_features(tiny_backbone, [it.path for it in items])
-    labels = np.array([items[i].label for i in feats.kept])
+    feats, labels = demo_features
     head, report = train_head(feats.pooled, labels, TrainConfig(k=4))
     cfg = HeadConfig(kind="orthogonal", k=4, feature_dim=tiny_backbone.feature_dim,
                      backbone=tiny_backbone.identity.to_dict(), training=report.to_dict())
@@ -75,4 +69,61 @@ def artifact(tiny_backbone, trained_head, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("artifact") / "detector"
     export_detector(trained_head, out, backbone=tiny_backbone)
+    return out
+
+
+@pytest.fixture(scope="session")
+def plain_artifact(tiny_backbone, trained_head, tmp_path_factory) -> Path:
+    """An artifact without a vocabulary: only logit, p_synthetic, head_activations, image_embedding."""
+    from sid_edge.export import export_detector
+
+    out = tmp_path_factory.mktemp("plain-artifact") / "detector"
+    export_detector(trained_head, out, backbone=tiny_backbone, vocabulary=None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_features(tiny_backbone, demo_data):
+    """(Features, labels) of the demo data with the tiny backbone (the feature cache makes this shared)."""
+    import numpy as np
+
+    from sid_edge.datasets import read_labelled_images
+    from sid_edge.features import extract_features
+
+    items = read_labelled_images(demo_data)
+    feats = extract_features(tiny_backbone, [it.path for it in items])
+    return feats, np.array([items[i].label for i in feats.kept])
+
+
+@pytest.fixture(scope="session")
+def concept_directions(tiny_backbone):
+    """The packaged vocabulary embedded by the tiny text tower: (concepts, directions [C,E])."""
+    from sid_edge.concepts import embed_vocabulary
+    from sid_edge.vocabulary import load_vocabulary
+
+    concepts = load_vocabulary()
+    return concepts, embed_vocabulary(tiny_backbone, concepts)
+
+
+@pytest.fixture(scope="session")
+def concept_head(tiny_backbone, demo_features, concept_directions, tmp_path_factory) -> Path:
+    """A concept bottleneck model trained through the library on the demo data, saved as a head directory."""
+    from sid_edge.concept_model import ConceptTrainConfig, concept_head_config, train_concept_model, vocabulary_block
+    from sid_edge.heads import save_head
+
+    feats, labels = demo_features
+    concepts, directions = concept_directions
+    model, report = train_concept_model(feats.embedding, labels, directions, ConceptTrainConfig(max_epochs=20))
+    cfg = concept_head_config(model, vocabulary_block(concepts, "{}", "photographic.csv"),
+                              tiny_backbone.identity.to_dict(), training=report.to_dict())
+    return save_head(model, cfg, tmp_path_factory.mktemp("concept-head") / "head")
+
+
+@pytest.fixture(scope="session")
+def concept_artifact(tiny_backbone, trained_head, concept_head, tmp_path_factory) -> Path:
+    """The orthogonal head's artifact with the concept model's outputs next to it."""
+    from sid_edge.export import export_detector
+
+    out = tmp_path_factory.mktemp("concept-artifact") / "detector"
+    export_detector(trained_head, out, backbone=tiny_backbone, concept_model=concept_head)
     return out

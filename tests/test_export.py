@@ -20,12 +20,14 @@ def test_manifest_has_what_the_runtime_needs(artifact, tiny_backbone):
     assert pre["mean"] == pytest.approx([0.48145466, 0.4578275, 0.40821073])
     assert m["threshold"] == 0.5 and m["head"]["kind"] == "orthogonal" and m["head"]["k"] == 4
     assert m["input"] == {"name": "pixel_values", "shape": ["batch", 3, 64, 64], "dtype": "float32"}
-    assert [o["name"] for o in m["outputs"]] == ["logit", "p_synthetic", "head_activations", "image_embedding"]
+    assert [o["name"] for o in m["outputs"]] == ["logit", "p_synthetic", "head_activations", "image_embedding",
+                                                 "concept_scores"]  # the packaged vocabulary by default
     entry = m["models"]["fp32"]
     assert entry["sha256"] == sha256_file(artifact / entry["file"])
     assert entry["size_bytes"] == (artifact / entry["file"]).stat().st_size
     assert {"torch", "open_clip_torch", "onnx", "onnxruntime", "sid_edge"} <= set(m["libraries"])
-    assert m["vocabulary"] is None
+    assert m["vocabulary"]["count"] == 129 and len(m["vocabulary"]["concepts"]) == 129
+    assert m["explanation"]["sha256"] == sha256_file(artifact / "explanation.npz")
 
 
 def test_export_parity_figure_recorded_and_small(artifact):
@@ -37,7 +39,8 @@ def test_export_parity_figure_recorded_and_small(artifact):
 def test_one_graph_with_dynamic_batch_and_named_outputs(artifact):
     model = onnx.load(str(artifact / "model.fp32.onnx"))
     assert [i.name for i in model.graph.input] == ["pixel_values"]
-    assert [o.name for o in model.graph.output] == ["logit", "p_synthetic", "head_activations", "image_embedding"]
+    assert [o.name for o in model.graph.output] == ["logit", "p_synthetic", "head_activations", "image_embedding",
+                                                    "concept_scores"]
     batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch_dim.dim_param and not batch_dim.HasField("dim_value")
 

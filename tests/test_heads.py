@@ -78,10 +78,11 @@ def test_synthetic_clip_cues_checkpoint(tmp_path):
     torch.testing.assert_close(head.directions.weight, sd["model.classification_head.layers.0.weight"])
 
 
-def test_concept_checkpoint_is_refused_as_head(tmp_path):
+def test_malformed_concept_checkpoint_is_refused(tmp_path):
+    # Concept checkpoints import as concept models (tests/test_concepts.py); one missing its layers is refused.
     p = tmp_path / "c.ckpt"
     torch.save({"model_type": "concept", "state_dict": {"model.text_embeddings": torch.zeros(2, 4)}}, p)
-    with pytest.raises(ValueError, match="concept"):
+    with pytest.raises(ValueError, match=r"c\.ckpt: state_dict keys .* do not match a clip-cues 'concept' model"):
         load_head(p)
 
 

@@ -20,9 +20,10 @@ def standin(monkeypatch):
 
 
 @pytest.fixture
-def artifact_copy(artifact, tmp_path):
+def artifact_copy(plain_artifact, tmp_path):
+    # The stand-in engine computes the four head outputs only, so the artifact has no concept outputs.
     d = tmp_path / "detector"
-    shutil.copytree(artifact, d)
+    shutil.copytree(plain_artifact, d)
     return d
 
 
@@ -121,14 +122,14 @@ def test_detector_on_the_engine_splits_pads_and_returns_every_output(standin, ar
     assert allocations == {}
 
 
-def test_fp16_engine_input_is_cast_on_the_host(standin, artifact, tmp_path):
+def test_fp16_engine_input_is_cast_on_the_host(standin, plain_artifact, tmp_path):
     from sid_edge.manifest import read_manifest
     from sid_edge.tensorrt_backend import TensorRTBackend
 
     spec = {"input_dtype": "float16", "min": 1, "opt": 2, "max": 4, "size": 64, "k": 4, "e": 32}
     path = tmp_path / "fp16.engine"
     path.write_bytes(b"STANDIN" + json.dumps(spec).encode())
-    be = TensorRTBackend(path, read_manifest(artifact))
+    be = TensorRTBackend(path, read_manifest(plain_artifact))
     x = np.random.default_rng(1).normal(size=(5, 3, 64, 64)).astype(np.float32)
     out = be.run(x)
     want = trt_standin.engine_function(x.astype(np.float16), 4, 32)
