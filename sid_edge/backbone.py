@@ -57,7 +57,8 @@ class BackboneIdentity:
     """What a feature was computed with; heads, caches and manifests carry it so mismatches are caught.
 
     ``pretrained`` is the open_clip tag (e.g. ``openai``), ``none`` for random weights, or ``file:<name>`` for a
-    local checkpoint whose sha256 is in ``pretrained_sha256``.
+    local checkpoint whose sha256 is in ``pretrained_sha256``. For random weights ``pretrained_sha256`` is a sha256
+    of the vision tower's weights, so two random initialisations never share a feature cache.
     """
 
     model_name: str
@@ -196,6 +197,9 @@ def load_backbone(
         interpolation=cfg.get("interpolation") or "bicubic",
         resize_mode=cfg.get("resize_mode") or "shortest",
     )
+    if source is None:
+        # Random weights differ per initialisation: fingerprint them so feature caches never mix two of them.
+        file_sha = _weights_fingerprint(model.visual)
     quick_gelu = _uses_quick_gelu(model)
     feature_dim = int(visual.proj.shape[0]) if visual.proj is not None else int(visual.output_dim)
     embed_dim = int(visual.proj.shape[1]) if visual.proj is not None else feature_dim
@@ -210,6 +214,15 @@ def load_backbone(
         image_size=size,
     )
     return Backbone(model, identity, preprocessing).to(device)
+
+
+def _weights_fingerprint(module: nn.Module) -> str:
+    """sha256 over the names and bytes of ``module``'s state dict (CPU copies)."""
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _uses_quick_gelu(model: nn.Module) -> bool:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sid_edge.heads import CLIP_CUES_BACKBONE, HEAD_FORMAT, HEAD_FORMAT_VERSION, HeadConfig
-from sid_edge.train import _ap, stratified_split
+from sid_edge.train import _ap, stratified_split, threads_for
 from sid_edge.vocabulary import Concept
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,6 @@ KIND = "concepts"
 FEATURE = "image_embedding"
 #: Gates above this count as "active" (sigmoid(a) > 0.5, i.e. a > 0) in reports and tests.
 ACTIVE_GATE = 0.5
-#: Below this many multiply-adds per batch product, training runs single-threaded (see train_concept_model).
-SMALL_PROBLEM_MACS = 1 << 22
 
 
 def binary_concrete(logits: torch.Tensor, temperature: float, eps: float = 1e-6) -> torch.Tensor:
@@ -198,15 +196,8 @@ def train_concept_model(
         raise ValueError(f"concept embeddings {t.shape} do not match {x.shape[1]}-d image embeddings")
     if not set(np.unique(y_np)) <= {0, 1}:
         raise ValueError("labels must be 0 (real) or 1 (synthetic)")
-    # Products this small lose more to intra-op thread hand-offs than they gain (measured: 20 epochs of 48
-    # images x 129 concepts took 55 s with 2 threads on a busy 2-core machine, 1.2 s with 1).
-    threads = torch.get_num_threads()
-    if min(config.batch_size, len(x)) * t.shape[0] * t.shape[1] < SMALL_PROBLEM_MACS:
-        torch.set_num_threads(1)
-    try:
+    with threads_for(min(config.batch_size, len(x)) * t.shape[0] * t.shape[1]):
         return _train(x, y_np, t, config, on_epoch)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(x: torch.Tensor, y_np: np.ndarray, t: np.ndarray, config: ConceptTrainConfig, on_epoch):

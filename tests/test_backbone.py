@@ -65,3 +65,14 @@ def test_quickgelu_detected_from_the_modules(tmp_path):
     (tmp_path / "sid-edge-tiny-gelu.json").write_text(json.dumps(cfg))
     open_clip.add_model_config(tmp_path / "sid-edge-tiny-gelu.json")
     assert load_backbone("sid-edge-tiny-gelu", "none").identity.quick_gelu is False
+
+
+def test_random_initialisations_do_not_share_a_cache_key():
+    torch.manual_seed(1)
+    a = load_backbone(TINY_CLIP_MODEL, "none")
+    torch.manual_seed(2)
+    b = load_backbone(TINY_CLIP_MODEL, "none")
+    torch.manual_seed(1)
+    c = load_backbone(TINY_CLIP_MODEL, "none")
+    assert a.identity.key != b.identity.key
+    assert a.identity.key == c.identity.key and len(a.identity.pretrained_sha256) == 64
