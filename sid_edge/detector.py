@@ -67,7 +67,7 @@ class Detector:
         cls,
         directory: str | os.PathLike,
         *,
-        precision: str = "fp32",
+        precision: str | None = None,
         backend: str = "auto",
         threshold: float | None = None,
         verify: bool = True,
@@ -77,7 +77,8 @@ class Detector:
 
         Args:
             directory: the artifact folder (``manifest.json`` + model files).
-            precision: which model variant to run (``fp32`` unless the artifact has others).
+            precision: which model variant to run (``fp32``, ``fp16``, ``int8``); default: the manifest's
+                ``default_precision`` (``fp32`` when the artifact has it).
             backend: ``auto`` (CUDA when ONNX Runtime has it, else CPU), ``cpu`` or ``cuda``.
             threshold: override the manifest's decision threshold on p_synthetic.
             verify: check every file's size and sha256 against the manifest before loading (a wrong model file
@@ -92,14 +93,23 @@ class Detector:
 
         d = Path(directory)
         manifest = read_manifest(d)
+        precision = precision or default_precision(manifest)
         entry = model_entry(manifest, precision)
         verify_files(d, entry, check_hash=verify)
         providers = _providers(backend, ort.get_available_providers())
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        # ONNX Runtime settings the exporter recorded for this graph: session config entries (e.g. exact INT8 GEMMs
+        # on CPUs without VNNI) and graph transformers to skip (e.g. NchwcTransformer on FP16 graphs:
+        # microsoft/onnxruntime#28392, a crash at session creation on x86-64).
+        ort_settings = entry.get("onnxruntime", {})
+        for key, value in ort_settings.get("session_config", {}).items():
+            opts.add_session_config_entry(str(key), str(value))
+        disabled = list(ort_settings.get("disabled_optimizers", []))
         try:
-            session = ort.InferenceSession(str(d / entry["file"]), sess_options=opts, providers=providers)
+            session = ort.InferenceSession(str(d / entry["file"]), sess_options=opts, providers=providers,
+                                           disabled_optimizers=disabled or None)
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types
             raise ManifestError(f"{d / entry['file']}: ONNX Runtime could not load it ({e})") from e
         _check_graph_io(d / entry["file"], session, manifest)
@@ -160,6 +170,14 @@ class Detector:
             results.get(it.index) or Prediction(it.source, None, None, None, None, error=it.error)
             for it in batch.items
         ]
+
+
+def default_precision(manifest: dict) -> str:
+    """The manifest's ``default_precision``; else ``fp32`` when present; else its first model."""
+    models = manifest["models"]
+    if manifest.get("default_precision") in models:
+        return manifest["default_precision"]
+    return "fp32" if "fp32" in models or not models else next(iter(models))
 
 
 def _providers(backend: str, available: list[str]) -> list[str]:
