@@ -16,7 +16,7 @@ Calibration methods:
   patched calibrators, the same code path its own methods use) and handed to ModelOpt as a TensorRT calibration
   cache (``calibration_cache_path``), whose scales replace the calibrated ones.
 
-``percentile`` is the default: it measured best on our fixture set (see the README's precision section).
+``max`` is the default: on the fixture set it measured best on decision agreement and ΔAP (see the README).
 """
 
 from __future__ import annotations

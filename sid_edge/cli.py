@@ -332,7 +332,8 @@ def cmd_info(args) -> int:
     if args.json:
         print(json.dumps(m, indent=2))
         return EXIT_OK
-    out = console.__class__()  # stdout
+    # stdout; piped output gets 120 columns (rich's default of 80 would truncate the tables)
+    out = console.__class__(width=None if sys.stdout.isatty() else 120)
     b, h, pre = m["backbone"], m["head"], m["preprocessing"]
     out.print(f"[bold]{args.model}[/] — sid-edge detector, schema {m['schema_version']}, created {m.get('created', '?')}")
     out.print(f"backbone: {b['model_name']} / {b['pretrained']} (QuickGELU {b['quick_gelu']}, {b['feature']} {b['feature_dim']}-d, "
