@@ -213,7 +213,8 @@ def quantize_int8(
         progress: ``progress(description, total) -> advance(n)`` called once per calibration pass.
 
     Returns {"tool", "mode", "scheme", "calibration_method", "percentile"?, "high_precision_dtype",
-    "calibration_images", "calibration_providers", "qdq_pairs", "dq_consumers", "onnxruntime": {"session_config"}}
+    "calibration_images", "calibration_providers", "quantize_linear", "dequantize_linear", "dq_consumers",
+    "onnxruntime": {"session_config"}}
     (the last: settings the runtime must give ONNX Runtime, see :data:`INT8_ORT_SESSION_CONFIG`).
 
     Raises ValueError for an unknown method/dtype or an empty calibration set, RuntimeError when ModelOpt wrote
@@ -293,7 +294,8 @@ def quantize_int8(
         "high_precision_dtype": high_precision,
         "calibration_images": int(len(calibration_data)),
         "calibration_providers": providers,
-        "qdq_pairs": int(ops["QuantizeLinear"]),
+        "quantize_linear": int(ops["QuantizeLinear"]),  # activation quantizers
+        "dequantize_linear": int(ops["DequantizeLinear"]),  # activations + INT8 weights
         "dq_consumers": dict(sorted(quantized.items())),  # op types reading a DequantizeLinear output
     }
     if method == "percentile":

@@ -106,6 +106,9 @@ def add_precision_variants(
     say(f"calibration set: {len(calibration)} images from {calibration_data}"
         + (" (cached)" if calibration.from_cache else "") + (f", {len(calibration.skipped)} undecodable" if calibration.skipped else ""))
 
+    for precision, entry in manifest["models"].items():  # variants of an earlier run are replaced, not left behind
+        if precision != "fp32":
+            _remove_model(out, entry)
     models = {"fp32": fp32}
     if "fp16" in wanted:
         from sid_edge.export.fp16 import convert_fp16

@@ -54,8 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a head on CLIP features of labelled images",
                        description="Extract CLIP features once (cached) and train an orthogonal (or linear) head. "
                                    "DATA: a folder with real/ and synthetic/ (or 0_real/ and 1_fake/, optionally per "
-                                   "generator), or a CSV manifest path,label[,source].")
-    t.add_argument("--data", required=True, metavar="DATA", help="labelled images (folder or CSV manifest)")
+                                   "generator), a CSV manifest path,label[,source], or a SynthCLIC-shaped dataset "
+                                   "(parquet files, a `datasets` save_to_disk folder, hf:OWNER/NAME), whose train split "
+                                   "is used.")
+    t.add_argument("--data", required=True, metavar="DATA", help="labelled images (folder, CSV, parquet, save_to_disk folder, hf:NAME)")
     t.add_argument("--out", required=True, metavar="HEAD", help="output head directory (head.safetensors + head.json)")
     _add_backbone_args(t)
     t.add_argument("--head", default="orthogonal", choices=["orthogonal", "linear"], help="head kind (default: %(default)s)")
@@ -391,7 +393,7 @@ def fidelity_table(models: dict):
 def _made_by(entry: dict) -> str:
     if "quantization" in entry:
         q = entry["quantization"]
-        return (f"ModelOpt PTQ: {q.get('qdq_pairs')} Q/DQ, {q.get('calibration_method')} on "
+        return (f"ModelOpt PTQ: {q.get('quantize_linear')} Q + {q.get('dequantize_linear')} DQ, {q.get('calibration_method')} on "
                 f"{q.get('calibration_images')} images, rest {q.get('high_precision_dtype')}")
     if "conversion" in entry:
         c = entry["conversion"]

@@ -91,6 +91,10 @@ def write_photo_folder(out: str | os.PathLike) -> Path:
     return root
 
 
+#: Real/synthetic pairs per split of the fidelity fixture (tests and benchmarks/precision_fidelity.py): 200 held-out
+#: images, so one decision flip costs 0.5 % and the 99 % agreement bar is not decided by a single image.
+FIDELITY_FIXTURE_PAIRS = {"train": 48, "validation": 100, "test": 4}
+
 #: Generator names of the synthetic half of :func:`write_synthclic_parquet` (stand-ins for SynthCLIC's sources).
 DEMO_GENERATORS = ("sdxl", "dalle3", "midjourney")
 
@@ -145,3 +149,37 @@ def write_synthclic_parquet(out: str | os.PathLike, pairs: dict[str, int] | None
         table = pa.Table.from_pylist(rows, schema=schema)
         pq.write_table(table, root / "data" / f"{split}-00000-of-00001.parquet", row_group_size=16)
     return root
+
+
+def fit_probe_head(backbone, items, k: int = 4):
+    """A linear probe for fidelity fixtures: Linear(D->k) onto the k leading principal directions of the items'
+    pooled features (``backbone`` over ``items``), then logistic regression (scikit-learn) on those k activations.
+    Returns (OrthogonalHead, HeadConfig). Needs the ``train`` extra.
+
+    Why not ``train_head`` for a random-weight backbone: there SGD heads either stop early with every p_synthetic
+    near the threshold, or grow large weights along low-variance feature directions that amplify any numerical
+    difference (FP16 or INT8 alike). Heads on real CLIP features read high-variance semantic directions; a probe on
+    the principal directions is the random-backbone stand-in for that.
+    """
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    from sid_edge.features import extract_features
+    from sid_edge.heads import HeadConfig, OrthogonalHead
+
+    feats = extract_features(backbone, [it.image for it in items], use_cache=False)
+    x = feats.pooled.astype(np.float64)
+    y = np.array([items[i].label for i in feats.kept])
+    mean = x.mean(0)
+    directions = np.linalg.svd(x - mean, full_matrices=False)[2][:k]
+    probe = LogisticRegression(C=1.0).fit((x - mean) @ directions.T, y)
+    head = OrthogonalHead(backbone.feature_dim, k)
+    with torch.no_grad():
+        head.directions.weight.copy_(torch.tensor(directions, dtype=torch.float32))
+        head.directions.bias.copy_(torch.tensor(-directions @ mean, dtype=torch.float32))
+        head.to_logit.weight.copy_(torch.tensor(probe.coef_, dtype=torch.float32))
+        head.to_logit.bias.copy_(torch.tensor(probe.intercept_, dtype=torch.float32))
+    cfg = HeadConfig(kind="orthogonal", k=k, feature_dim=backbone.feature_dim, backbone=backbone.identity.to_dict(),
+                     source="sid_edge.demo.fit_probe_head",
+                     training={"method": f"PCA({k}) + logistic regression (scikit-learn, C=1)", "images": len(y)})
+    return head, cfg

@@ -79,54 +79,19 @@ def artifact(tiny_backbone, trained_head, tmp_path_factory) -> Path:
 
 
 # --- precision variants -----------------------------------------------------------------------------------------
-#: SynthCLIC-shaped parquet fixture: real/synthetic pairs per split (200 held-out images keep one decision flip
-#: at 0.5 %, so the 99 % agreement bar is not decided by a single image).
-SYNTHCLIC_PAIRS = {"train": 48, "validation": 100, "test": 4}
-
-
 @pytest.fixture(scope="session")
 def synthclic_dir(tmp_path_factory) -> Path:
     """A small SynthCLIC-shaped dataset in the hub's parquet layout (data/<split>-00000-of-00001.parquet)."""
-    from sid_edge.demo import write_synthclic_parquet
+    from sid_edge.demo import FIDELITY_FIXTURE_PAIRS, write_synthclic_parquet
 
-    return write_synthclic_parquet(tmp_path_factory.mktemp("synthclic"), SYNTHCLIC_PAIRS)
-
-
-def fit_probe_head(backbone, items, k: int = 4):
-    """A linear probe for the fidelity fixture: Linear(D->k) onto the k leading principal directions of the
-    items' pooled features, then logistic regression (scikit-learn) on those k activations.
-
-    Why not ``train_head``: on a random-weight backbone, SGD heads either stop early with every p_synthetic near
-    the threshold or grow large weights along low-variance feature directions, which amplify any numerical
-    difference (FP16 or INT8 alike). Heads on real CLIP features read high-variance semantic directions; a probe on
-    the principal directions is the random-backbone stand-in for that.
-    """
-    import numpy as np
-    import torch
-    from sklearn.linear_model import LogisticRegression
-
-    from sid_edge.features import extract_features
-    from sid_edge.heads import HeadConfig, OrthogonalHead
-
-    feats = extract_features(backbone, [it.image for it in items], use_cache=False)
-    x = feats.pooled.astype(np.float64)
-    y = np.array([items[i].label for i in feats.kept])
-    mean = x.mean(0)
-    directions = np.linalg.svd(x - mean, full_matrices=False)[2][:k]
-    probe = LogisticRegression(C=1.0).fit((x - mean) @ directions.T, y)
-    head = OrthogonalHead(backbone.feature_dim, k)
-    with torch.no_grad():
-        head.directions.weight.copy_(torch.tensor(directions, dtype=torch.float32))
-        head.directions.bias.copy_(torch.tensor(-directions @ mean, dtype=torch.float32))
-        head.to_logit.weight.copy_(torch.tensor(probe.coef_, dtype=torch.float32))
-        head.to_logit.bias.copy_(torch.tensor(probe.intercept_, dtype=torch.float32))
-    return head, HeadConfig(kind="orthogonal", k=k, feature_dim=backbone.feature_dim, backbone=backbone.identity.to_dict())
+    return write_synthclic_parquet(tmp_path_factory.mktemp("synthclic"), FIDELITY_FIXTURE_PAIRS)
 
 
 @pytest.fixture(scope="session")
 def probe_artifact(tiny_backbone, synthclic_dir, tmp_path_factory) -> Path:
     """An FP32 artifact: the tiny backbone + a probe head fit on the parquet fixture's train split."""
     from sid_edge.datasets import read_labelled_images
+    from sid_edge.demo import fit_probe_head
     from sid_edge.export import export_detector
     from sid_edge.heads import save_head
 
