@@ -355,12 +355,12 @@ def cmd_info(args) -> int:
     cal = m.get("calibration")
     if cal:
         sources = ", ".join(f"{k} {v}" for k, v in cal.get("by_source", {}).items())
-        out.print(f"calibration: {cal['images']} images from {cal['data']} (split {cal.get('split')}, seed {cal.get('seed')}, "
+        out.print(f"calibration: {cal['images']} images from {cal['data']} (split {cal.get('split') or '– (one pool)'}, seed {cal.get('seed')}, "
                   f"{cal.get('selection', '')}): {cal['by_label']['real']} real, {cal['by_label']['synthetic']} synthetic; "
                   f"{sources}", highlight=False)
     fset = m.get("fidelity_set")
     if fset:
-        out.print(f"held-out set: {fset['images']} images from {fset['data']} (split {fset.get('split')}; "
+        out.print(f"held-out set: {fset['images']} images from {fset['data']} (split {fset.get('split') or '– (one pool)'}; "
                   f"{fset['real']} real, {fset['synthetic']} synthetic; {fset['excluded_calibration_images']} calibration "
                   f"images excluded; drawn: {fset.get('drawn')}; threshold {fset['threshold']}; {fset.get('runtime')})",
                   highlight=False)
