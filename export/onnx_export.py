@@ -211,7 +211,7 @@ def export_detector(
     data_files = sorted(p.name for p in out.iterdir() if p.name.startswith(MODEL_FILE) and p.name != MODEL_FILE)
     if data_files:
         entry["external_data"] = [file_entry(out, name) for name in data_files]
-    entry["fidelity"] = {"reference": "pytorch_fp32", **parity}
+    entry["fidelity"] = {"pytorch_parity": {"reference": "pytorch_fp32", **parity}}
 
     ident = backbone.identity
     k = head_cfg.k
@@ -251,6 +251,7 @@ def export_detector(
         ],
         "models": {"fp32": entry},
         "explanation": _write_explanation(out, concepts.explanation) if concepts else None,
+        "default_precision": "fp32",
         "engines": [],
         "opset": OPSET,
         "libraries": library_versions(),

@@ -64,7 +64,8 @@ class OnnxRuntimeBackend:
         ManifestError: ONNX Runtime cannot load the file, or its inputs/outputs differ from the manifest.
     """
 
-    def __init__(self, model_path: str | os.PathLike, manifest: dict, device: str = "cpu", threads: int | None = None):
+    def __init__(self, model_path: str | os.PathLike, manifest: dict, device: str = "cpu", threads: int | None = None,
+                 settings: dict | None = None):
         import onnxruntime as ort
 
         if device not in ("cpu", "cuda"):
@@ -78,9 +79,17 @@ class OnnxRuntimeBackend:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        # ONNX Runtime settings the exporter recorded for this graph (manifest models[p].onnxruntime): session config
+        # entries (e.g. exact INT8 GEMMs on CPUs without VNNI) and graph transformers to skip (e.g. NchwcTransformer
+        # on FP16 graphs: microsoft/onnxruntime#28392, a crash at session creation on x86-64).
+        settings = settings or {}
+        for key, value in settings.get("session_config", {}).items():
+            opts.add_session_config_entry(str(key), str(value))
+        disabled = list(settings.get("disabled_optimizers", []))
         path = Path(model_path)
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers,
+                                                disabled_optimizers=disabled or None)
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types
             raise ManifestError(f"{path}: ONNX Runtime could not load it ({e})") from e
         if device == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
@@ -259,4 +268,5 @@ def _start(name: str, d: Path, manifest: dict, entry: dict, engine: dict | None,
         except EngineError as e:
             raise BackendUnavailable(f"backend 'tensorrt': {e}") from e
     verify_files(d, entry, check_hash=verify)
-    return OnnxRuntimeBackend(d / entry["file"], manifest, device=name, threads=threads)
+    return OnnxRuntimeBackend(d / entry["file"], manifest, device=name, threads=threads,
+                              settings=entry.get("onnxruntime"))

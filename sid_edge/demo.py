@@ -89,3 +89,97 @@ def write_photo_folder(out: str | os.PathLike) -> Path:
     for i, (name, arr) in enumerate(skimage_photographs().items()):
         Image.fromarray(arr).save(root / f"{name}.{'jpg' if i % 2 else 'png'}", quality=95)
     return root
+
+
+#: Real/synthetic pairs per split of the fidelity fixture (tests and benchmarks/precision_fidelity.py): 200 held-out
+#: images, so one decision flip costs 0.5 % and the 99 % agreement bar is not decided by a single image.
+FIDELITY_FIXTURE_PAIRS = {"train": 48, "validation": 100, "test": 4}
+
+#: Generator names of the synthetic half of :func:`write_synthclic_parquet` (stand-ins for SynthCLIC's sources).
+DEMO_GENERATORS = ("sdxl", "dalle3", "midjourney")
+
+
+def synthclic_rows(n_pairs: int, *, split: str, seed: int = 0, generators: tuple[str, ...] = DEMO_GENERATORS) -> list[dict]:
+    """Rows in SynthCLIC's shape: ``n_pairs`` real photographs (random crops of scikit-image's, JPEG) and, for
+    each, one synthetic version (a rendered image, PNG) sharing its ``image_id``; generators taken in turn.
+
+    Each row: {"image": {"bytes", "path": None}, "label" 0/1, "image_id", "source"}. Deterministic for
+    (split, seed); different splits get different crops and renders.
+    """
+    import io
+
+    photos = list(skimage_photographs().values())
+    rng = np.random.default_rng([seed, sum(map(ord, split))])
+    rows = []
+    for i in range(n_pairs):
+        arr = photos[i % len(photos)]
+        h, w = arr.shape[:2]
+        ch, cw = int(h * rng.uniform(0.4, 0.9)), int(w * rng.uniform(0.4, 0.9))
+        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        real, synth = io.BytesIO(), io.BytesIO()
+        Image.fromarray(arr[y : y + ch, x : x + cw]).save(real, "JPEG", quality=int(rng.integers(80, 96)))
+        size = (int(rng.integers(160, 480)), int(rng.integers(160, 480)))
+        rendered_image(int(rng.integers(0, 2**31)), size).save(synth, "PNG")
+        image_id = f"{split}-{i:04d}"
+        rows.append({"image": {"bytes": real.getvalue(), "path": None}, "label": 0, "image_id": image_id, "source": "real"})
+        rows.append({"image": {"bytes": synth.getvalue(), "path": None}, "label": 1, "image_id": image_id,
+                     "source": generators[i % len(generators)]})
+    return rows
+
+
+def write_synthclic_parquet(out: str | os.PathLike, pairs: dict[str, int] | None = None, *, seed: int = 0) -> Path:
+    """Write a small SynthCLIC-shaped dataset as the Hugging Face hub lays out parquet exports:
+    ``out/data/<split>-00000-of-00001.parquet`` with columns image (struct bytes/path, as the ``datasets`` Image
+    feature stores it), label, image_id, source. ``pairs``: real/synthetic pairs per split (default train 24,
+    validation 40, test 8). Needs pyarrow and scikit-image. Returns ``out``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pairs = pairs or {"train": 24, "validation": 40, "test": 8}
+    schema = pa.schema([
+        ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+        ("label", pa.int64()),
+        ("image_id", pa.string()),
+        ("source", pa.string()),
+    ])
+    root = Path(out)
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    for split, n in pairs.items():
+        rows = synthclic_rows(n, split=split, seed=seed)
+        table = pa.Table.from_pylist(rows, schema=schema)
+        pq.write_table(table, root / "data" / f"{split}-00000-of-00001.parquet", row_group_size=16)
+    return root
+
+
+def fit_probe_head(backbone, items, k: int = 4):
+    """A linear probe for fidelity fixtures: Linear(D->k) onto the k leading principal directions of the items'
+    pooled features (``backbone`` over ``items``), then logistic regression (scikit-learn) on those k activations.
+    Returns (OrthogonalHead, HeadConfig). Needs the ``train`` extra.
+
+    Why not ``train_head`` for a random-weight backbone: there SGD heads either stop early with every p_synthetic
+    near the threshold, or grow large weights along low-variance feature directions that amplify any numerical
+    difference (FP16 or INT8 alike). Heads on real CLIP features read high-variance semantic directions; a probe on
+    the principal directions is the random-backbone stand-in for that.
+    """
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    from sid_edge.features import extract_features
+    from sid_edge.heads import HeadConfig, OrthogonalHead
+
+    feats = extract_features(backbone, [it.image for it in items], use_cache=False)
+    x = feats.pooled.astype(np.float64)
+    y = np.array([items[i].label for i in feats.kept])
+    mean = x.mean(0)
+    directions = np.linalg.svd(x - mean, full_matrices=False)[2][:k]
+    probe = LogisticRegression(C=1.0).fit((x - mean) @ directions.T, y)
+    head = OrthogonalHead(backbone.feature_dim, k)
+    with torch.no_grad():
+        head.directions.weight.copy_(torch.tensor(directions, dtype=torch.float32))
+        head.directions.bias.copy_(torch.tensor(-directions @ mean, dtype=torch.float32))
+        head.to_logit.weight.copy_(torch.tensor(probe.coef_, dtype=torch.float32))
+        head.to_logit.bias.copy_(torch.tensor(probe.intercept_, dtype=torch.float32))
+    cfg = HeadConfig(kind="orthogonal", k=k, feature_dim=backbone.feature_dim, backbone=backbone.identity.to_dict(),
+                     source="sid_edge.demo.fit_probe_head",
+                     training={"method": f"PCA({k}) + logistic regression (scikit-learn, C=1)", "images": len(y)})
+    return head, cfg

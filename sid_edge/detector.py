@@ -83,7 +83,7 @@ class Detector:
         cls,
         directory: str | os.PathLike,
         *,
-        precision: str = "fp32",
+        precision: str | None = None,
         backend: str = "auto",
         threshold: float | None = None,
         verify: bool = True,
@@ -94,7 +94,8 @@ class Detector:
 
         Args:
             directory: the artifact folder (``manifest.json`` + model files).
-            precision: which model variant to run (``fp32`` unless the artifact has others).
+            precision: which model variant to run (``fp32``, ``fp16``, ``int8``); default: the manifest's
+                ``default_precision`` (``fp32`` when the artifact has it).
             backend: ``auto`` (the fastest available: a TensorRT engine of ``precision`` that fits this GPU and
                 TensorRT, else ONNX Runtime CUDA, else ONNX Runtime CPU), ``tensorrt``, ``cuda`` or ``cpu``.
                 ``backend_choice.describe()`` says which ran and why.
@@ -113,6 +114,7 @@ class Detector:
         """
         d = Path(directory)
         manifest = read_manifest(d)
+        precision = precision or default_precision(manifest)
         runner, choice = open_backend(d, manifest, precision, backend, allow_fallback=allow_fallback,
                                       verify=verify, threads=threads)
         if choice.fallback:
@@ -188,3 +190,10 @@ class Detector:
             pred.top_concepts = top_concepts(self.concept_names, pred.concept_scores, pred.concept_contributions,
                                              self.top_concepts)
         return pred
+
+def default_precision(manifest: dict) -> str:
+    """The manifest's ``default_precision``; else ``fp32`` when present; else its first model."""
+    models = manifest["models"]
+    if manifest.get("default_precision") in models:
+        return manifest["default_precision"]
+    return "fp32" if "fp32" in models or not models else next(iter(models))

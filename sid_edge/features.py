@@ -42,17 +42,22 @@ def default_cache_dir() -> Path:
     return Path(root) / "features"
 
 
-def _content_hash(path) -> str:
+def _content_hash(source) -> str:
+    """sha256 of an image's encoded bytes: a file, bytes, or a dataset reference (``resolve_image()``)."""
     try:
-        with open(path, "rb") as f:
+        if hasattr(source, "resolve_image"):
+            source = source.resolve_image()
+        if isinstance(source, (bytes, bytearray)):
+            return hashlib.sha256(source).hexdigest()
+        with open(source, "rb") as f:
             return hashlib.sha256(f.read()).hexdigest()
-    except OSError as e:
+    except (OSError, ValueError) as e:
         return f"unreadable:{type(e).__name__}"
 
 
 def extract_features(
     backbone: Backbone,
-    paths: Sequence[str | os.PathLike],
+    paths: Sequence,
     *,
     batch_size: int = 16,
     workers: int | None = None,
@@ -61,6 +66,8 @@ def extract_features(
     description: str = "Extracting features",
 ) -> Features:
     """Run the frozen backbone over ``paths`` with a progress bar, reading/writing the feature cache.
+
+    ``paths``: image files, encoded bytes, or dataset references (:class:`sid_edge.datasets.ImageRef`).
 
     Images that fail to decode are skipped and reported in ``Features.errors`` (index -> reason); they never
     stop the run. The cache stores the result for the exact (backbone identity, image contents) pair.
@@ -79,7 +86,8 @@ def extract_features(
     pooled, embedding, kept, errors = [], [], [], {}
     device = next(backbone.parameters()).device
     with progress_bar(description, total=len(paths), unit="img") as advance, torch.inference_mode():
-        for batch in iter_batches([str(p) for p in paths], backbone.preprocessing, batch_size, workers=workers):
+        sources = [str(p) if isinstance(p, os.PathLike) else p for p in paths]
+        for batch in iter_batches(sources, backbone.preprocessing, batch_size, workers=workers):
             for item in batch.items:
                 if item.error is not None:
                     errors[item.index] = item.error

@@ -19,6 +19,9 @@ MANIFEST_NAME = "manifest.json"
 ARTIFACT_FORMAT = "sid-edge-detector"
 SCHEMA_VERSION = 1
 
+#: Model variants an artifact can hold, each in ``model.<precision>.onnx``.
+PRECISIONS = ("fp32", "fp16", "int8")
+
 INPUT_NAME = "pixel_values"
 #: Graph outputs, in graph order. ``concept_scores`` [B,C] joins when the artifact carries a vocabulary.
 OUTPUT_NAMES = ("logit", "p_synthetic", "head_activations", "image_embedding")

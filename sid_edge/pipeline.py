@@ -50,8 +50,11 @@ def default_workers() -> int:
 
 def _load(index: int, source, spec: Preprocessing, max_pixels: int) -> Item:
     try:
-        if isinstance(source, (str, os.PathLike, bytes)):
-            pixels = load_and_preprocess(source, spec, max_pixels=max_pixels)
+        # A lazy reference into a parquet/arrow dataset (sid_edge.datasets.ImageRef): read its bytes here, in the
+        # worker thread, so that reading overlaps inference like decoding does.
+        encoded = source.resolve_image() if hasattr(source, "resolve_image") else source
+        if isinstance(encoded, (str, os.PathLike, bytes)):
+            pixels = load_and_preprocess(encoded, spec, max_pixels=max_pixels)
         else:  # an in-memory image (PIL or HxWx3 uint8 RGB array)
             pixels = preprocess(source, spec)
         return Item(index, source, pixels, None)
@@ -73,7 +76,9 @@ def iter_batches(
     """Yield batches of preprocessed items in input order, decoding ahead in ``workers`` threads.
 
     Args:
-        sources: paths (str/PathLike/bytes) or in-memory images (PIL.Image or HxWx3 uint8 RGB ndarray).
+        sources: paths (str/PathLike), encoded bytes, lazy dataset references (anything with ``resolve_image()``
+            returning bytes or a path, see :class:`sid_edge.datasets.ImageRef`), or in-memory images (PIL.Image
+            or HxWx3 uint8 RGB ndarray).
         spec: the preprocessing rule (from the artifact manifest or the backbone).
         batch_size: items per batch (the last one may be shorter), >= 1.
         workers: decoder threads (default :func:`default_workers`).

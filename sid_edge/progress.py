@@ -55,3 +55,30 @@ def progress_bar(description: str, total: int | None, unit: str = "img", enabled
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(description, total=total)
         yield lambda n=1: progress.advance(task, n)
+
+
+@contextlib.contextmanager
+def progress_tasks(unit: str = "img", enabled: bool | None = None) -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+    """Context manager yielding ``new_task(description, total) -> advance(n)``: one live display on stderr for a
+    sequence of long steps (each a bar with count, rate, elapsed and remaining time). Silent when ``enabled`` is
+    False, or by default when stderr is not a terminal."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        yield lambda description, total: (lambda n=1: None)
+        return
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(unit),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=console, transient=False) as progress:
+
+        def new_task(description: str, total: int) -> Callable[[int], None]:
+            task = progress.add_task(description, total=total)
+            return lambda n=1: progress.advance(task, n)
+
+        yield new_task

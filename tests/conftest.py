@@ -127,3 +127,40 @@ def concept_artifact(tiny_backbone, trained_head, concept_head, tmp_path_factory
     out = tmp_path_factory.mktemp("concept-artifact") / "detector"
     export_detector(trained_head, out, backbone=tiny_backbone, concept_model=concept_head)
     return out
+
+
+# --- precision variants -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def synthclic_dir(tmp_path_factory) -> Path:
+    """A small SynthCLIC-shaped dataset in the hub's parquet layout (data/<split>-00000-of-00001.parquet)."""
+    from sid_edge.demo import FIDELITY_FIXTURE_PAIRS, write_synthclic_parquet
+
+    return write_synthclic_parquet(tmp_path_factory.mktemp("synthclic"), FIDELITY_FIXTURE_PAIRS)
+
+
+@pytest.fixture(scope="session")
+def probe_artifact(tiny_backbone, synthclic_dir, tmp_path_factory) -> Path:
+    """An FP32 artifact: the tiny backbone + a probe head fit on the parquet fixture's train split."""
+    from sid_edge.datasets import read_labelled_images
+    from sid_edge.demo import fit_probe_head
+    from sid_edge.export import export_detector
+    from sid_edge.heads import save_head
+
+    head, cfg = fit_probe_head(tiny_backbone, read_labelled_images(synthclic_dir, split="train"))
+    head_dir = save_head(head, cfg, tmp_path_factory.mktemp("probe") / "head")
+    out = tmp_path_factory.mktemp("probe-artifact") / "detector"
+    export_detector(head_dir, out, backbone=tiny_backbone)
+    return out
+
+
+@pytest.fixture(scope="session")
+def precision_artifact(probe_artifact, synthclic_dir, tmp_path_factory) -> Path:
+    """``probe_artifact`` with FP16 and INT8 (default calibration) variants and their fidelity report."""
+    import shutil
+
+    from sid_edge.calibration.variants import add_precision_variants
+
+    out = tmp_path_factory.mktemp("precisions") / "detector"
+    shutil.copytree(probe_artifact, out)
+    add_precision_variants(out, ["fp32", "fp16", "int8"], calibration_data=synthclic_dir, calibration_size=64)
+    return out

@@ -62,7 +62,7 @@ def test_manifest_carries_concept_names_and_rule(artifact):
     assert "normalize(normalize(text(positive_c)) - normalize(text(negative_c)))" in vocab["score"]
     assert vocab["top_concepts_by"] == "concept_scores" and m["concept_model"] is None
     assert m["outputs"][-1] == {"name": "concept_scores", "shape": ["batch", 129], "dtype": "float32"}
-    assert m["models"]["fp32"]["fidelity"]["max_abs_concept_scores_diff"] < 1e-4
+    assert m["models"]["fp32"]["fidelity"]["pytorch_parity"]["max_abs_concept_scores_diff"] < 1e-4
     assert m["explanation"]["arrays"]["concept_directions"] == [129, 32]
 
 

@@ -19,7 +19,7 @@ def test_train_export_scan_on_real_photographs(tmp_path, capsys):
     assert main(["export", "--head", str(tmp_path / "head"), "--out", str(tmp_path / "det"), *backbone,
                  "--parity-images", *map(str, sorted(photos.iterdir())[:3])]) == 0
     manifest = json.loads((tmp_path / "det" / "manifest.json").read_text())
-    assert manifest["models"]["fp32"]["fidelity"]["inputs"] == 5
+    assert manifest["models"]["fp32"]["fidelity"]["pytorch_parity"]["inputs"] == 5
     assert main(["scan", str(photos), "--model", str(tmp_path / "det"), "--out", str(tmp_path / "r.csv")]) == 0
     rows = list(csv.DictReader(open(tmp_path / "r.csv", encoding="utf-8")))
     assert len(rows) == 10 and all(r["error"] == "" for r in rows)

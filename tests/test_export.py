@@ -31,7 +31,7 @@ def test_manifest_has_what_the_runtime_needs(artifact, tiny_backbone):
 
 
 def test_export_parity_figure_recorded_and_small(artifact):
-    fid = read_manifest(artifact)["models"]["fp32"]["fidelity"]
+    fid = read_manifest(artifact)["models"]["fp32"]["fidelity"]["pytorch_parity"]
     assert fid["inputs"] >= 2
     assert 0.0 <= fid["max_abs_logit_diff"] < 1e-4
 

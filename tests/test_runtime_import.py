@@ -16,12 +16,12 @@ def test_import_sid_edge_does_not_import_torch():
     r = run_python("""
         import sys, sid_edge
         from sid_edge import Detector, Prediction
-        import sid_edge.cli, sid_edge.scan, sid_edge.detector, sid_edge.imageio, sid_edge.manifest
+        import sid_edge.cli, sid_edge.scan, sid_edge.detector, sid_edge.imageio, sid_edge.manifest, sid_edge.datasets
         import sid_edge.explain, sid_edge.top_concepts
-        print('torch' in sys.modules, 'open_clip' in sys.modules)
+        print(*(name in sys.modules for name in ('torch', 'open_clip', 'onnx', 'modelopt', 'datasets')))
     """)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["False", "False"]
+    assert r.stdout.split() == ["False"] * 5
 
 
 def test_scan_runs_with_torch_unimportable(artifact, photo_dir, tmp_path):
@@ -42,3 +42,23 @@ def test_scan_runs_with_torch_unimportable(artifact, photo_dir, tmp_path):
     assert r.stdout.split() == ["0", "1", "0"]
     assert (tmp_path / "report" / "report.md").is_file()
     assert len(out.read_text().splitlines()) == len(list(photo_dir.iterdir()))
+
+
+def test_fp16_and_int8_variants_run_without_torch_or_onnx(precision_artifact, photo_dir, tmp_path):
+    # The variants are served by the same torch-free runtime: block torch, onnx and ModelOpt and scan with each.
+    outs = {p: tmp_path / f"{p}.csv" for p in ("fp16", "int8")}
+    r = run_python(f"""
+        import sys
+        for name in ('torch', 'onnx', 'modelopt'):
+            sys.modules[name] = None
+        from sid_edge.cli import main
+        for precision, out in {[(p, str(o)) for p, o in outs.items()]!r}:
+            rc = main(['scan', {str(photo_dir)!r}, '--model', {str(precision_artifact)!r}, '--precision', precision,
+                       '--out', out, '--no-progress'])
+            print(rc)
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["0", "0"]
+    for out in outs.values():
+        lines = out.read_text().splitlines()
+        assert len(lines) == 1 + len(list(photo_dir.iterdir())) and all(line.split(",")[3] == "" for line in lines[1:])

@@ -114,3 +114,20 @@ def test_features_are_cached(tiny_backbone, demo_data, tmp_path, monkeypatch):
     np.testing.assert_array_equal(first.pooled, second.pooled)
     assert first.pooled.shape == (6, 64) and first.embedding.shape == (6, 32)
     np.testing.assert_allclose(np.linalg.norm(first.embedding, axis=1), 1.0, rtol=1e-5)
+
+
+def test_features_of_parquet_images_match_files_and_are_cached(tiny_backbone, synthclic_dir, tmp_path):
+    from sid_edge.datasets import read_labelled_images
+    from sid_edge.features import extract_features
+
+    items = read_labelled_images(synthclic_dir, split="test")
+    refs = extract_features(tiny_backbone, [it.image for it in items], cache_dir=tmp_path)
+    files = []
+    for i, it in enumerate(items):  # the same bytes as files give the same features and the same cache entry
+        files.append(tmp_path / f"{i}.img")
+        files[-1].write_bytes(it.image.resolve_image())
+    from_files = extract_features(tiny_backbone, files, cache_dir=tmp_path / "other")
+    np.testing.assert_array_equal(refs.pooled, from_files.pooled)
+    assert refs.pooled.shape == (len(items), 64) and not refs.errors
+    shard = lambda root: [p.relative_to(root) for p in root.glob("*/*.npz")]  # noqa: E731 - <backbone>/<key>.npz
+    assert shard(tmp_path) == shard(tmp_path / "other") and len(shard(tmp_path)) == 1
