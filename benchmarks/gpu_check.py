@@ -73,28 +73,25 @@ def check_images(spec) -> np.ndarray:
     return np.stack(arrays).astype(np.float32)
 
 
-def add_precision_variants(artifact: Path, calibration: np.ndarray) -> list[str]:
-    """FP16 and INT8 graphs through the precision-variants API (issue #3), written into the artifact's manifest as
-    ``models[precision] = {"file", "sha256", "size_bytes", ...}``. Returns the precisions added; prints why none
-    were when the API is absent from this branch."""
+def add_precision_variants(artifact: Path, work: Path, model_key: str) -> list[str]:
+    """FP16 (ModelOpt AutoCast) and INT8 (ModelOpt PTQ, max calibration) graphs written into the artifact through
+    :func:`sid_edge.calibration.variants.add_precision_variants`, calibrated on the offline demo images (random
+    weights: only the numerics matter here). Returns the precisions added; says why when it fails."""
+    from sid_edge.calibration.variants import add_precision_variants as add_variants
+    from sid_edge.demo import write_demo_dataset
+
+    data = work / "calibration-data"
+    if not (data / "real").is_dir():
+        write_demo_dataset(data, crops_per_photo=1, n_rendered=8)
+    # ViT-L calibration runs through ONNX Runtime (GPU providers when onnxruntime-gpu is installed): keep it small.
+    size = 16 if model_key == "tiny" else 4
     try:
-        from sid_edge.export import precision as precision_api  # issue #3; wire its entry point here after merging
-    except ImportError:
-        say("FP16/INT8: the precision-variants export API (issue #3) is not on this branch, so only the FP32 graph "
-            "and its engine are checked; the lead wires it here after merging #3")
+        manifest = add_variants(artifact, ["fp32", "fp16", "int8"], calibration_data=data, calibration_size=size,
+                                fidelity_size=8, say=say)
+    except Exception as e:  # noqa: BLE001 - report and go on with FP32
+        say(f"FP16/INT8 variants failed: {type(e).__name__}: {e}")
         return []
-    added = []
-    for p in ("fp16", "int8"):
-        fn = getattr(precision_api, f"export_{p}", None)
-        if fn is None:
-            say(f"{p}: sid_edge.export.precision has no export_{p}(); skipped")
-            continue
-        try:
-            fn(artifact, calibration=calibration) if p == "int8" else fn(artifact)
-            added.append(p)
-        except Exception as e:  # noqa: BLE001 - report and go on with the other precisions
-            say(f"{p}: export failed: {e}")
-    return added
+    return [p for p in ("fp16", "int8") if p in manifest["models"]]
 
 
 # ------------------------------------------------------------------------------------------ measurements
@@ -156,7 +153,7 @@ def check_model(model_key: str, work: Path, args, env, report: dict) -> None:
     size = spec.size
     pixels = check_images(spec)
     say(f"exported to {artifact} ({manifest['models']['fp32']['size_bytes'] / 1e6:.0f} MB FP32)")
-    add_precision_variants(artifact, pixels[:8])
+    add_precision_variants(artifact, work / model_key, model_key)
     precisions = [p for p in ("fp16", "int8", "fp32") if p in read_manifest(artifact)["models"]]
 
     ref = Detector.load(artifact, backend="cpu", precision="fp32")
