@@ -23,7 +23,6 @@ carries the concept vocabulary so names travel with the weights.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sid_edge.heads import CLIP_CUES_BACKBONE, HEAD_FORMAT, HEAD_FORMAT_VERSION, HeadConfig
-from sid_edge.train import _ap, stratified_split, threads_for
+from sid_edge.train import EarlyStopping, _ap, stratified_split, threads_for
 from sid_edge.vocabulary import Concept
 
 log = logging.getLogger(__name__)
@@ -211,7 +210,7 @@ def _train(x: torch.Tensor, y_np: np.ndarray, t: np.ndarray, config: ConceptTrai
     ])
     gen = torch.Generator().manual_seed(config.seed)
     initial_active = active_gates(model, x[tr])
-    best, best_epoch, best_state, bad_epochs, history = (-1.0, float("inf")), 0, None, 0, []
+    stopper, history = EarlyStopping(config.patience), []
     for epoch in range(1, config.max_epochs + 1):
         model.train()
         passes = max(1, -(-config.min_steps_per_epoch // -(-len(tr) // config.batch_size)))
@@ -240,20 +239,14 @@ def _train(x: torch.Tensor, y_np: np.ndarray, t: np.ndarray, config: ConceptTrai
         history.append(row)
         if on_epoch:
             on_epoch(row)
-        # Early stopping on validation AP; ties (AP saturates on small sets) broken by validation loss, which
-        # includes the sparsity term, so among equally accurate epochs the sparser one is kept.
-        ap = val_ap if not np.isnan(val_ap) else 0.0
-        if ap > best[0] + 1e-6 or (abs(ap - best[0]) <= 1e-6 and val_loss < best[1] - 1e-6):
-            best, best_epoch, best_state, bad_epochs = (ap, val_loss), epoch, copy.deepcopy(model.state_dict()), 0
-        else:
-            bad_epochs += 1
-            if bad_epochs >= config.patience:
-                break
-    model.load_state_dict(best_state)
-    model.eval()
+        # Ties in AP are broken by validation loss, which includes the sparsity term, so among equally accurate
+        # epochs the sparser one is kept.
+        if stopper.update(epoch, val_ap, val_loss, model):
+            break
+    stopper.restore(model)
     report = ConceptTrainReport(
-        val_ap=history[best_epoch - 1]["val_ap"],
-        best_epoch=best_epoch,
+        val_ap=history[stopper.best_epoch - 1]["val_ap"],
+        best_epoch=stopper.best_epoch,
         n_train=len(tr),
         n_val=len(va),
         n_concepts=model.k,

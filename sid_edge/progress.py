@@ -36,28 +36,6 @@ class RateColumn(ProgressColumn):
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, total: int | None, unit: str = "img", enabled: bool | None = None) -> Iterator[Callable[[int], None]]:
-    """Context manager yielding ``advance(n)``. Shows a bar with count, rate, elapsed and remaining time on stderr;
-    disabled (silent) when ``enabled`` is False, or by default when stderr is not a terminal."""
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        yield lambda n=1: None
-        return
-    columns = [
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(unit),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    ]
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n=1: progress.advance(task, n)
-
-
-@contextlib.contextmanager
 def progress_tasks(unit: str = "img", enabled: bool | None = None) -> Iterator[Callable[[str, int], Callable[[int], None]]]:
     """Context manager yielding ``new_task(description, total) -> advance(n)``: one live display on stderr for a
     sequence of long steps (each a bar with count, rate, elapsed and remaining time). Silent when ``enabled`` is
@@ -82,3 +60,10 @@ def progress_tasks(unit: str = "img", enabled: bool | None = None) -> Iterator[C
             return lambda n=1: progress.advance(task, n)
 
         yield new_task
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int | None, unit: str = "img", enabled: bool | None = None) -> Iterator[Callable[[int], None]]:
+    """Context manager yielding ``advance(n)`` for one bar (see :func:`progress_tasks`)."""
+    with progress_tasks(unit, enabled) as new_task:
+        yield new_task(description, total)

@@ -39,6 +39,35 @@ def threads_for(macs_per_step: float):
         torch.set_num_threads(threads)
 
 
+class EarlyStopping:
+    """Early stopping on validation AP (patience in epochs), keeping a copy of the best weights.
+
+    AP saturates on small validation sets, so equal APs (within 1e-6) are ranked by validation loss. Call
+    :meth:`update` after every epoch; it returns True when training should stop. :meth:`restore` loads the best
+    weights back. A NaN AP (one class missing from validation) counts as 0.
+    """
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best = (-1.0, float("inf"))
+        self.best_epoch = 0
+        self._state = None
+        self._bad_epochs = 0
+
+    def update(self, epoch: int, val_ap: float, val_loss: float, module: torch.nn.Module) -> bool:
+        ap = 0.0 if np.isnan(val_ap) else val_ap
+        if ap > self.best[0] + 1e-6 or (abs(ap - self.best[0]) <= 1e-6 and val_loss < self.best[1] - 1e-6):
+            self.best, self.best_epoch, self._bad_epochs = (ap, val_loss), epoch, 0
+            self._state = copy.deepcopy(module.state_dict())
+            return False
+        self._bad_epochs += 1
+        return self._bad_epochs >= self.patience
+
+    def restore(self, module: torch.nn.Module) -> None:
+        module.load_state_dict(self._state)
+        module.eval()
+
+
 @dataclass
 class TrainConfig:
     """Hyper-parameters; defaults follow the paper where it states them."""
@@ -129,7 +158,7 @@ def _train(x: torch.Tensor, labels, config: TrainConfig, on_epoch):
             return float(orthogonality_penalty(acts))
 
     ortho_initial = ortho_on(tr)
-    best, best_epoch, best_state, bad_epochs, history = (-1.0, float("inf")), 0, None, 0, []
+    stopper, history = EarlyStopping(config.patience), []
     for epoch in range(1, config.max_epochs + 1):
         head.train()
         passes = max(1, -(-config.min_steps_per_epoch // -(-len(tr) // config.batch_size)))
@@ -164,19 +193,12 @@ def _train(x: torch.Tensor, labels, config: TrainConfig, on_epoch):
         history.append(row)
         if on_epoch:
             on_epoch(row)
-        # Early stopping on validation AP; AP saturates on small sets, so ties are broken by validation loss.
-        ap = val_ap if not np.isnan(val_ap) else 0.0
-        if ap > best[0] + 1e-6 or (abs(ap - best[0]) <= 1e-6 and val_loss < best[1] - 1e-6):
-            best, best_epoch, best_state, bad_epochs = (ap, val_loss), epoch, copy.deepcopy(head.state_dict()), 0
-        else:
-            bad_epochs += 1
-            if bad_epochs >= config.patience:
-                break
-    head.load_state_dict(best_state)
-    head.eval()
+        if stopper.update(epoch, val_ap, val_loss, head):
+            break
+    stopper.restore(head)
     report = TrainReport(
-        val_ap=history[best_epoch - 1]["val_ap"],
-        best_epoch=best_epoch,
+        val_ap=history[stopper.best_epoch - 1]["val_ap"],
+        best_epoch=stopper.best_epoch,
         n_train=len(tr),
         n_val=len(va),
         ortho_initial=ortho_initial,
