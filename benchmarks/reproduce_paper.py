@@ -55,7 +55,8 @@ PAPER_MAP = {
     ("synthbuster-plus", "synthclic"): 0.6112,
     ("synthclic", "cnnspot"): 0.4222, ("synthclic", "synthbuster-plus"): 0.7940, ("synthclic", "synthclic"): 0.9239,
 }
-#: The paper's headline figures (abstract): in-domain mAP and the worst cross-family transfer.
+#: The paper's headline figures: in-domain mAP and the worst cross-family transfer (0.37 is SynthCLIC -> CNNSpot in
+#: the earlier appendix table, 0.3757, which the repository's regeneration replaced by the 0.4222 above).
 PAPER_HEADLINE = "0.96 mAP on CNNSpot, 0.92 on SynthCLIC, as low as 0.37 across generator families"
 
 #: The paper's training settings (the rest are sid_edge.train.TrainConfig's defaults, which follow the paper).

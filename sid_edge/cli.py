@@ -547,10 +547,16 @@ def cmd_info(args) -> int:
     out.print(f"[bold]{args.model}[/] — sid-edge detector, schema {m['schema_version']}, created {m.get('created', '?')}")
     out.print(f"backbone: {b['model_name']} / {b['pretrained']} (QuickGELU {b['quick_gelu']}, {b['feature']} {b['feature_dim']}-d, "
               f"embedding {b['embed_dim']}-d)")
-    out.print(f"head: {h['kind']} k={h['k']} from {h.get('source', '?')}")
+    out.print(f"head: {h['kind']} k={h['k']} from {h.get('source', '?')}"
+              + (f"; weights {h['weights']['file']} (shared-feature evaluation)" if h.get("weights") else ""))
     out.print(f"preprocessing: resize {pre['resize_mode']} side→{pre['size']} {pre['interpolation']}, crop {pre.get('crop')}, "
               f"mean {pre['mean']}, std {pre['std']}, {pre['colour_order']}")
-    out.print(f"threshold: {m['threshold']} on {m.get('threshold_on', 'p_synthetic')}")
+    choice = m.get("threshold_choice")
+    out.print(f"threshold: {m['threshold']} on {m.get('threshold_on', 'p_synthetic')}"
+              + (f" (chosen at FPR {choice['target_fpr']:g} on {choice['n_real']} real images of {choice['data']}"
+                 f"{' / ' + choice['split'] if choice.get('split') else ''}: FPR {choice['achieved_fpr']:.4f}"
+                 + (f", TPR {choice['tpr']:.4f}" if choice.get("tpr") is not None else "") + ")" if choice else ""),
+              highlight=False)
     vocab, cm = m.get("vocabulary"), m.get("concept_model")
     out.print("concepts: " + (f"{vocab['count']} from {vocab['source']} (template {vocab.get('template')!r}, top "
                               f"concepts by {vocab.get('top_concepts_by')})" if vocab else "none")
