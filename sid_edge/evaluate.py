@@ -76,6 +76,8 @@ HEAD_CHECK_TOLERANCE = 1e-3
 #: Failure reasons listed per (detector, dataset) in the reports; the count is always complete.
 MAX_LISTED_FAILURES = 5
 CACHE_FORMAT = 1
+#: Computed values are written to the cache every this many images (one shard each), so long runs resume.
+CACHE_FLUSH_IMAGES = 2048
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -237,15 +239,21 @@ class ScoredDataset:
         """Lines for the report: exclusions, failures, where the scores came from."""
         lines = []
         if self.excluded_calibration:
-            lines.append(f"{self.excluded_calibration} calibration images excluded (the INT8 variant was calibrated on them)")
+            lines.append(f"{_count(self.excluded_calibration, 'calibration image')} excluded (the artifact's INT8 "
+                         f"variant was calibrated on them)")
         if self.failed:
             listed = "; ".join(f"{k}: {r}" for k, r in self.failed[:MAX_LISTED_FAILURES])
-            lines.append(f"{len(self.failed)} images could not be decoded and are left out ({listed}"
+            lines.append(f"{_count(len(self.failed), 'image')} could not be read or decoded and "
+                         f"{'is' if len(self.failed) == 1 else 'are'} left out ({listed}"
                          + (", …)" if len(self.failed) > MAX_LISTED_FAILURES else ")"))
         how = "head applied to shared features" if self.scoring == "features+head" else "own graph"
         lines.append(f"scores: {how}; {self.computed} images computed by {self.runner}"
                      + (f" on {self.backend}" if self.backend else "") + f", {self.cached} from the cache")
         return lines
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def hash_images(items: Sequence[LabelledImage], progress: TaskFactory | None = None,
@@ -329,6 +337,15 @@ class _Scorer:
         advance = self.progress(f"{dataset}: {who}", len(missing)) if self.progress else (lambda k=1: None)
         new_errors: dict[str, str] = {}
         done: list[int] = []
+
+        def flush() -> None:
+            # Stored as the run goes: an interrupted run over a large dataset keeps what it computed.
+            if self.use_cache and (done or new_errors):
+                stored = [i for i in done if hashes[i] is not None]
+                cache.store([hashes[i] for i in stored], {k: values[k][stored] for k in fields}, new_errors)
+            done.clear()
+            new_errors.clear()
+
         for batch in iter_batches([items[i].image for i in missing], det.preprocessing, self.batch_size,
                                   workers=self.workers):
             for it in batch.items:
@@ -346,9 +363,9 @@ class _Scorer:
                     values[k][rows] = outs[k]
                 done.extend(rows)
             advance(len(batch.items))
-        if self.use_cache:
-            stored = [i for i in done if hashes[i] is not None]
-            cache.store([hashes[i] for i in stored], {k: values[k][stored] for k in fields}, new_errors)
+            if len(done) >= CACHE_FLUSH_IMAGES:
+                flush()
+        flush()
         return _GroupValues(values, errors, len(missing), cached, det.backend_name)
 
     def _check_head(self, namespace: str, outs: dict[str, np.ndarray]) -> None:

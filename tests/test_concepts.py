@@ -236,6 +236,12 @@ def test_concept_head_artifact_named_by_the_paper_csv(tiny_backbone, photo_dir, 
     m = export_detector(ckpt, tmp_path / "det", backbone=tiny_backbone, vocabulary=vocab)
     assert [x["name"] for x in m["vocabulary"]["concepts"]] == names and m["concept_model"]["is_head"] is True
     assert m["head"]["kind"] == "concepts" and m["head"]["k"] == c
+    # its p_synthetic comes from gated concept scores: no head.npz, evaluation runs its own graph
+    assert m["head"]["weights"] is None and not (tmp_path / "det" / "head.npz").exists()
+    from sid_edge.evaluate import load_detector
+
+    under_test = load_detector("cm", tmp_path / "det")
+    assert under_test.scoring == "graph" and "'concepts'" in under_test.scoring_reason
     det = Detector.load(tmp_path / "det")
     det.top_concepts = 2
     preds = det.predict(sorted(photo_dir.iterdir())[:3])

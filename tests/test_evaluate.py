@@ -172,6 +172,29 @@ def test_second_run_reads_the_cache_and_keys_on_image_content(probe_artifact, li
     assert run_counter["images"] == 21 and edited.scored[("a", "cnnspot")].computed == 1
 
 
+def test_an_interrupted_run_keeps_what_it_computed(probe_artifact, cnnspot_csv, tmp_path, monkeypatch):
+    import sid_edge.evaluate as evaluate_module
+
+    monkeypatch.setattr(evaluate_module, "CACHE_FLUSH_IMAGES", 8)  # a shard every 8 images (one batch)
+    det = [load_detector("a", probe_artifact)]
+    original, calls = Detector.run, []
+
+    def dies_on_the_third_batch(self, pixel_values):
+        calls.append(len(pixel_values))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, pixel_values)
+
+    monkeypatch.setattr(Detector, "run", dies_on_the_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(det, [NamedData("cnnspot", str(cnnspot_csv))], cache_root=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("features-*/*.npz"))) == 2  # the first two batches were stored
+    monkeypatch.setattr(Detector, "run", original)
+    ev = evaluate(det, [NamedData("cnnspot", str(cnnspot_csv))], cache_root=tmp_path / "cache")
+    s = ev.scored[("a", "cnnspot")]
+    assert (s.computed, s.cached) == (21 - 16, 16) and len(s.labels) == 20
+
+
 def test_artifacts_without_head_weights_and_quantised_variants_run_their_own_graph(
         probe_artifact, precision_artifact, synthclic_dir, tmp_path, run_counter):
     old = tmp_path / "old"  # an artifact exported before head.npz existed
@@ -271,7 +294,8 @@ def test_report_files(probe_artifact, linear_artifact, datasets, tmp_path):
     bad = [r for r in rows if r["error"]]
     assert len(bad) == 2 and all(r["key"].endswith("broken.jpg") for r in bad)
     md = files["report.md"].read_text()
-    assert "## mAP (mean per-generator AP), detector × dataset" in md and "1 images could not be decoded" in md
+    assert "## mAP (mean per-generator AP), detector × dataset" in md
+    assert "1 image could not be read or decoded and is left out" in md
     assert files["pr_cnnspot.png"].read_bytes().startswith(b"\x89PNG")
 
 
@@ -295,7 +319,7 @@ def test_cli_evaluate(probe_artifact, linear_artifact, synthclic_dir, cnnspot_cs
     text = capsys.readouterr()
     assert "mAP (pooled AP), detector × dataset" in text.out and "cnnspot_linear" in text.out
     assert "Thresholds at the target false-positive rate" in text.out
-    assert "1 images could not be decoded" in text.err and "threshold" in text.err
+    assert "1 image could not be read or decoded" in text.err and "threshold" in text.err
     rep = json.loads((out / "report.json").read_text())
     assert rep["detectors"] == ["synthclic_probe", "cnnspot_linear"] and rep["datasets"] == ["sc", "cnnspot"]
     chosen = read_manifest(art)["threshold"]
