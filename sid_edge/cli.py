@@ -216,8 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--workers", type=int, default=None, help="decoder threads (default: one per core, at least 2)")
     v.add_argument("--pairing", default="auto", choices=["auto", "shared", "matched"],
                    help="real images each generator's AP is computed against: all of the split (shared), those of the "
-                        "same source (matched, CNNSpot's convention), or matched when every generator has its own "
-                        "(auto, default)")
+                        "same source (matched, CNNSpot's convention), or matched when real images carry generator "
+                        "names as their source (auto, default)")
     v.add_argument("--no-cache", action="store_true", help="neither read nor write the per-image cache")
     v.add_argument("--no-progress", action="store_true", help="no progress bars")
     th = v.add_argument_group("threshold at a target false-positive rate")

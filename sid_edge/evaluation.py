@@ -10,9 +10,10 @@ Two AP figures, because the literature uses both (source: clip-cues ``clip_cues_
 * ``map`` — the paper's mAP: the mean over generators of each generator's AP, each computed on that generator's
   synthetic images plus real images. Real pairing: ``shared`` (every generator against all real images of the
   split; SynthCLIC, SynthBuster+) or ``matched`` (against the real images with the same ``source``; CNNSpot, whose
-  ``source`` tags both halves of each generator's real/fake pair). ``auto`` picks ``matched`` when every generator
-  has real images of its own source, else ``shared``. A dataset without sources is one generator, so its ``map``
-  equals ``ap``.
+  ``source`` tags both halves of each generator's real/fake pair). ``auto`` picks ``matched`` when real images carry
+  generator names as their source (some generator has real images of its own), else ``shared``; under ``matched``
+  a generator without real images of its own has no AP and is left out of the mean, as in the paper's code. A
+  dataset without sources is one generator, so its ``map`` equals ``ap``.
 """
 
 from __future__ import annotations
@@ -111,9 +112,8 @@ def resolve_pairing(labels: np.ndarray, sources: np.ndarray, pairing: str = "aut
         raise ValueError(f"unknown real pairing {pairing!r}; expected one of {', '.join(PAIRINGS)}")
     if pairing != "auto":
         return pairing
-    y, src = np.asarray(labels), np.asarray(sources, dtype=object)
-    generators = set(src[y == 1])
-    return "matched" if generators and generators <= set(src[y == 0]) else "shared"
+    y, src = np.asarray(labels), np.asarray([str(s) for s in sources], dtype=object)
+    return "matched" if set(src[y == 1]) & set(src[y == 0]) else "shared"
 
 
 def generator_groups(labels: Sequence[int], sources: Sequence[str], pairing: str) -> dict[str, np.ndarray]:

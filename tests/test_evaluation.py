@@ -83,6 +83,10 @@ def test_metrics_match_sklearn_with_matched_reals(matched_set):
         mask = src == gen  # its own real half only; the imagenet pool takes no part
         assert m.per_generator[gen].ap == pytest.approx(average_precision_score(labels[mask], scores[mask]), abs=1e-12)
         assert m.per_generator[gen].n_real == 10
+    # a generator without real images of its own: no AP under matched pairing, left out of the mean
+    extra = detection_metrics([*labels, 1, 1], [*scores, 0.9, 0.8], 0.5, [*sources, "biggan", "biggan"])
+    assert extra.pairing == "matched" and math.isnan(extra.per_generator["biggan"].ap)
+    assert extra.per_generator["biggan"].n_real == 0 and extra.map == pytest.approx(m.map)
     shared = detection_metrics(labels, scores, 0.5, sources, pairing="shared")
     mask = (labels == 0) | (src == "progan")
     assert shared.per_generator["progan"].ap == pytest.approx(average_precision_score(labels[mask], scores[mask]))
