@@ -21,7 +21,7 @@ import numpy as np
 from platformdirs import user_cache_dir
 
 from sid_edge.calibration.selection import select_stratified
-from sid_edge.datasets import LabelledImage, read_labelled_images
+from sid_edge.datasets import LabelledImage, dataset_location, read_labelled_images
 from sid_edge.imageio import Preprocessing
 from sid_edge.pipeline import iter_batches
 
@@ -193,7 +193,9 @@ def build_calibration_set(
     size = size or default_calibration_size()
     pool = list(items) if items is not None else read_labelled_images(data, split=split)
     chosen = select_stratified(pool, size, seed)
-    description = {"data": str(data), "split": split if any(it.split for it in pool) else None,
+    # `location` (absolute) lets evaluation recognise the calibration data from any working directory.
+    description = {"data": str(data), "location": dataset_location(data),
+                   "split": split if any(it.split for it in pool) else None,
                    "size_requested": size, "seed": seed, "selection": "stratified by label, then source"}
     key = cache_key(chosen, preprocessing)[:32]
     cache = Path(cache_dir) if cache_dir else default_cache_dir()

@@ -3,11 +3,14 @@
 Graph (opset 18, exported with ``torch.onnx.export(dynamo=True)``):
 
     pixel_values float32 [B,3,S,S] ─► logit [B], p_synthetic [B] = sigmoid(logit), head_activations [B,k],
-                                      image_embedding [B,E] (L2-normalised projected embedding)
+                                      image_embedding [B,E] (L2-normalised projected embedding),
+                                      features [B,D] (the pooled pre-projection feature the head reads)
                                       [, concept_scores [B,C]]            with a vocabulary (the default)
                                       [, concept_logit [B], concept_contributions [B,C]]   with a concept model
 
 The concept part (text tower → fixed Linear weights, concept models) is planned in :mod:`sid_edge.concepts`.
+Orthogonal and linear heads are also written as plain arrays (``head.npz``, :mod:`sid_edge.head_weights`), so that
+evaluation can run the backbone once (the ``features`` output) and apply many heads in numpy.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from torch import nn
 from sid_edge import __version__
 from sid_edge.backbone import Backbone, load_backbone
 from sid_edge.concepts import DEFAULT_TEMPLATE, plan_concepts
+from sid_edge.head_weights import HEAD_ARRAYS, HEAD_WEIGHTS_FILE, save_head_weights
 from sid_edge.heads import HeadConfig, load_head
 from sid_edge.imageio import load_and_preprocess
 from sid_edge.manifest import (
@@ -50,7 +54,8 @@ EXPLANATION_FILE = "explanation.npz"
 
 class FusedDetector(nn.Module):
     """Backbone + head (+ concepts) as one module: pixel_values [B,3,S,S] float32 -> (logit [B], p_synthetic [B],
-    head_activations [B,k], image_embedding [B,E], *concept outputs), all float32, named by ``output_names``.
+    head_activations [B,k], image_embedding [B,E], features [B,D], *concept outputs), all float32, named by
+    ``output_names``. ``features`` is always the pooled pre-projection feature (what orthogonal/linear heads read).
 
     A head whose ``input_feature`` is ``"image_embedding"`` (a concept model) reads the normalised projected
     embedding; the others read the pooled feature. ``concepts`` maps the embedding to the extra outputs named by
@@ -69,7 +74,7 @@ class FusedDetector(nn.Module):
         pooled, embedding = self.backbone(pixel_values)
         feature = embedding if getattr(self.head, "input_feature", "pooled") == "image_embedding" else pooled
         logit, activations = self.head(feature)
-        outputs = (logit, torch.sigmoid(logit), activations, embedding)
+        outputs = (logit, torch.sigmoid(logit), activations, embedding, pooled)
         if self.concepts is not None:
             outputs += tuple(self.concepts(embedding))
         return outputs
@@ -107,7 +112,8 @@ def _export_onnx(model: FusedDetector, path: Path, image_size: int) -> None:
 def measure_parity(model: FusedDetector, onnx_path: Path, pixel_values: np.ndarray) -> dict:
     """Run PyTorch and ONNX Runtime (CPU) on the same pixel_values [N,3,S,S] float32 and compare.
 
-    Returns {"inputs": N, "max_abs_logit_diff", "max_abs_p_synthetic_diff", "max_abs_head_activation_diff"}, plus
+    Returns {"inputs": N, "max_abs_logit_diff", "max_abs_p_synthetic_diff", "max_abs_head_activation_diff",
+    "max_abs_features_diff"}, plus
     "max_abs_concept_scores_diff" / "max_abs_concept_logit_diff" / "max_abs_concept_contributions_diff" for the
     concept outputs the graph has.
     """
@@ -124,6 +130,7 @@ def measure_parity(model: FusedDetector, onnx_path: Path, pixel_values: np.ndarr
         "max_abs_logit_diff": diff["logit"],
         "max_abs_p_synthetic_diff": diff["p_synthetic"],
         "max_abs_head_activation_diff": diff["head_activations"],
+        "max_abs_features_diff": diff["features"],
         **{f"max_abs_{name}_diff": diff[name] for name in names if name.startswith("concept_")},
     }
 
@@ -177,7 +184,8 @@ def export_detector(
             ``head_path`` itself is a concept model, the artifact's logit is the concept logit.
         prompt_template: ``str.format`` template applied to every prompt (default ``"{}"``: verbatim).
 
-    Also writes ``explanation.npz`` (the weights ``sid-edge explain`` reads) when the artifact has concepts.
+    Also writes ``explanation.npz`` (the weights ``sid-edge explain`` reads) when the artifact has concepts, and
+    ``head.npz`` (the head as float32 arrays, :mod:`sid_edge.head_weights`) for orthogonal and linear heads.
 
     Raises:
         ValueError: the head's feature dimension does not match the backbone, ``out_dir`` is not empty, or the
@@ -236,6 +244,8 @@ def export_detector(
             "source": head_cfg.source,
             "trained_on_backbone": head_cfg.backbone,
             "training": head_cfg.training,
+            # The head as plain arrays, so evaluation can apply it to the graph's `features` output in numpy.
+            "weights": _write_head_weights(out, head, head_cfg.kind),
         },
         "vocabulary": concepts.vocabulary if concepts else None,  # concept names, prompts and the score rule
         "concept_model": concepts.concept_model if concepts else None,
@@ -247,6 +257,7 @@ def export_detector(
             {"name": "p_synthetic", "shape": ["batch"], "dtype": "float32"},
             {"name": "head_activations", "shape": ["batch", k], "dtype": "float32"},
             {"name": "image_embedding", "shape": ["batch", ident.embed_dim], "dtype": "float32"},
+            {"name": "features", "shape": ["batch", ident.feature_dim], "dtype": "float32"},
             *(concepts.output_specs if concepts else []),
         ],
         "models": {"fp32": entry},
@@ -258,6 +269,15 @@ def export_detector(
     }
     write_manifest(out, manifest)
     return manifest
+
+
+def _write_head_weights(out: Path, head: nn.Module, kind: str) -> dict | None:
+    """Write ``head.npz`` for an orthogonal or linear head and return its manifest entry (None for other kinds)."""
+    if kind not in HEAD_ARRAYS:
+        return None
+    arrays = {name: t.detach().cpu().numpy() for name, t in head.state_dict().items()}
+    save_head_weights(out, kind, arrays)
+    return {**file_entry(out, HEAD_WEIGHTS_FILE), "arrays": {k: list(v.shape) for k, v in arrays.items()}}
 
 
 def _write_explanation(out: Path, arrays: dict[str, np.ndarray]) -> dict:

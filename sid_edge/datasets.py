@@ -143,6 +143,13 @@ def read_labelled_images(data: str | os.PathLike, split: str | None = None) -> l
     return items
 
 
+def dataset_location(data: str | os.PathLike) -> str:
+    """Where ``data`` lives, comparable across working directories: ``hf:OWNER/NAME`` as given, else the absolute
+    resolved path. Used to tell whether two commands read the same dataset (e.g. calibration vs evaluation)."""
+    text = str(data)
+    return text if text.startswith(HF_PREFIX) else str(Path(text).expanduser().resolve())
+
+
 def dataset_splits(items: list[LabelledImage]) -> list[str]:
     """The split names present in ``items``, in first-seen order (empty for a dataset without splits)."""
     return list(dict.fromkeys(it.split for it in items if it.split is not None))

@@ -99,12 +99,15 @@ FIDELITY_FIXTURE_PAIRS = {"train": 48, "validation": 100, "test": 4}
 DEMO_GENERATORS = ("sdxl", "dalle3", "midjourney")
 
 
-def synthclic_rows(n_pairs: int, *, split: str, seed: int = 0, generators: tuple[str, ...] = DEMO_GENERATORS) -> list[dict]:
+def synthclic_rows(n_pairs: int, *, split: str, seed: int = 0, generators: tuple[str, ...] = DEMO_GENERATORS,
+                   real_source: str | None = "real") -> list[dict]:
     """Rows in SynthCLIC's shape: ``n_pairs`` real photographs (random crops of scikit-image's, JPEG) and, for
     each, one synthetic version (a rendered image, PNG) sharing its ``image_id``; generators taken in turn.
 
-    Each row: {"image": {"bytes", "path": None}, "label" 0/1, "image_id", "source"}. Deterministic for
-    (split, seed); different splits get different crops and renders.
+    Each row: {"image": {"bytes", "path": None}, "label" 0/1, "image_id", "source"}. ``real_source``: the real
+    images' source; None gives each real image its pair's generator name (CNNSpot's convention, where ``source``
+    names the generator's real/fake subset). Deterministic for (split, seed); different splits get different crops
+    and renders.
     """
     import io
 
@@ -121,17 +124,21 @@ def synthclic_rows(n_pairs: int, *, split: str, seed: int = 0, generators: tuple
         size = (int(rng.integers(160, 480)), int(rng.integers(160, 480)))
         rendered_image(int(rng.integers(0, 2**31)), size).save(synth, "PNG")
         image_id = f"{split}-{i:04d}"
-        rows.append({"image": {"bytes": real.getvalue(), "path": None}, "label": 0, "image_id": image_id, "source": "real"})
+        generator = generators[i % len(generators)]
+        rows.append({"image": {"bytes": real.getvalue(), "path": None}, "label": 0, "image_id": image_id,
+                     "source": generator if real_source is None else real_source})
         rows.append({"image": {"bytes": synth.getvalue(), "path": None}, "label": 1, "image_id": image_id,
-                     "source": generators[i % len(generators)]})
+                     "source": generator})
     return rows
 
 
-def write_synthclic_parquet(out: str | os.PathLike, pairs: dict[str, int] | None = None, *, seed: int = 0) -> Path:
+def write_synthclic_parquet(out: str | os.PathLike, pairs: dict[str, int] | None = None, *, seed: int = 0,
+                            generators: tuple[str, ...] = DEMO_GENERATORS, real_source: str | None = "real") -> Path:
     """Write a small SynthCLIC-shaped dataset as the Hugging Face hub lays out parquet exports:
     ``out/data/<split>-00000-of-00001.parquet`` with columns image (struct bytes/path, as the ``datasets`` Image
     feature stores it), label, image_id, source. ``pairs``: real/synthetic pairs per split (default train 24,
-    validation 40, test 8). Needs pyarrow and scikit-image. Returns ``out``."""
+    validation 40, test 8); ``generators`` and ``real_source`` as in :func:`synthclic_rows` (``real_source=None``
+    gives a CNNSpot-shaped set). Needs pyarrow and scikit-image. Returns ``out``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -145,7 +152,7 @@ def write_synthclic_parquet(out: str | os.PathLike, pairs: dict[str, int] | None
     root = Path(out)
     (root / "data").mkdir(parents=True, exist_ok=True)
     for split, n in pairs.items():
-        rows = synthclic_rows(n, split=split, seed=seed)
+        rows = synthclic_rows(n, split=split, seed=seed, generators=generators, real_source=real_source)
         table = pa.Table.from_pylist(rows, schema=schema)
         pq.write_table(table, root / "data" / f"{split}-00000-of-00001.parquet", row_group_size=16)
     return root

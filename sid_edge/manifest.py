@@ -23,8 +23,10 @@ SCHEMA_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8")
 
 INPUT_NAME = "pixel_values"
-#: Graph outputs, in graph order. ``concept_scores`` [B,C] joins when the artifact carries a vocabulary.
-OUTPUT_NAMES = ("logit", "p_synthetic", "head_activations", "image_embedding")
+#: Graph outputs, in graph order. ``features`` [B,D] is the pooled pre-projection feature the head reads (so
+#: evaluation can compute it once and apply many heads); ``concept_scores`` [B,C] joins when the artifact carries a
+#: vocabulary.
+OUTPUT_NAMES = ("logit", "p_synthetic", "head_activations", "image_embedding", "features")
 
 _REQUIRED = ("format", "schema_version", "backbone", "preprocessing", "head", "threshold", "input", "outputs", "models")
 

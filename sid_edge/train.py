@@ -127,25 +127,41 @@ def _ap(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(average_precision_score(labels, scores))
 
 
-def train_head(features: np.ndarray, labels: np.ndarray, config: TrainConfig = TrainConfig(), on_epoch=None):
+def train_head(features: np.ndarray, labels: np.ndarray, config: TrainConfig = TrainConfig(), on_epoch=None,
+               validation: tuple[np.ndarray, np.ndarray] | None = None):
     """Train a head on features [N,D] float32 with labels [N] in {0,1}.
+
+    ``validation``: (features [M,D], labels [M]) of a separate validation split (e.g. the dataset's own, as the
+    paper does) for early stopping; by default a stratified ``config.val_fraction`` of the training data is held
+    out instead.
 
     Returns (head in eval mode with the best-validation-AP weights, TrainReport). ``on_epoch(dict)`` is called
     after every epoch (for progress output). Raises ValueError for mismatched shapes or a single class.
     """
     x = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    split = None
+    if validation is not None:
+        xv, yv = validation
+        xv = torch.as_tensor(np.asarray(xv, dtype=np.float32))
+        if xv.ndim != 2 or xv.shape[1:] != x.shape[1:] or len(xv) != len(yv) or len(xv) == 0:
+            raise ValueError(f"validation features {tuple(xv.shape)} and labels ({len(yv)}) do not match the "
+                             f"training features {tuple(x.shape)}")
+        split = (np.arange(len(x)), np.arange(len(x), len(x) + len(xv)))
+        x, labels = torch.cat([x, xv]), np.concatenate([np.asarray(labels), np.asarray(yv)])
     with threads_for(min(config.batch_size, len(x)) * x.shape[-1] * config.k):
-        return _train(x, labels, config, on_epoch)
+        return _train(x, labels, config, on_epoch, split)
 
 
-def _train(x: torch.Tensor, labels, config: TrainConfig, on_epoch):
+def _train(x: torch.Tensor, labels, config: TrainConfig, on_epoch, split=None):
     y_np = np.asarray(labels).astype(np.int64)
     if x.ndim != 2 or len(x) != len(y_np):
         raise ValueError(f"features {tuple(x.shape)} and labels {y_np.shape} do not match")
     if not set(np.unique(y_np)) <= {0, 1}:
         raise ValueError("labels must be 0 (real) or 1 (synthetic)")
     torch.manual_seed(config.seed)
-    tr, va = stratified_split(y_np, config.val_fraction, config.seed)
+    tr, va = split if split is not None else stratified_split(y_np, config.val_fraction, config.seed)
+    if len(np.unique(y_np[tr])) < 2:
+        raise ValueError("training needs both classes in the training data")
     y = torch.as_tensor(y_np, dtype=torch.float32)
     head = build_head(config.kind, x.shape[1], config.k)
     opt = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)

@@ -66,11 +66,12 @@ def test_manifest_carries_concept_names_and_rule(artifact):
     assert m["explanation"]["arrays"]["concept_directions"] == [129, 32]
 
 
-def test_export_without_vocabulary_keeps_the_four_outputs(tiny_backbone, trained_head, photo_dir, tmp_path):
+def test_export_without_vocabulary_keeps_the_head_outputs(tiny_backbone, trained_head, photo_dir, tmp_path):
     from sid_edge.export import export_detector
 
     m = export_detector(trained_head, tmp_path / "det", backbone=tiny_backbone, vocabulary=None)
-    assert [o["name"] for o in m["outputs"]] == ["logit", "p_synthetic", "head_activations", "image_embedding"]
+    assert [o["name"] for o in m["outputs"]] == ["logit", "p_synthetic", "head_activations", "image_embedding",
+                                                 "features"]
     assert m["vocabulary"] is None and m["explanation"] is None
     assert not (tmp_path / "det" / "explanation.npz").exists()
     det = Detector.load(tmp_path / "det")
@@ -192,7 +193,7 @@ def test_concept_model_outputs_in_the_graph(concept_artifact, artifact, concept_
     from sid_edge.heads import load_head
 
     m = read_manifest(concept_artifact)
-    assert [o["name"] for o in m["outputs"]][4:] == ["concept_scores", "concept_logit", "concept_contributions"]
+    assert [o["name"] for o in m["outputs"]][5:] == ["concept_scores", "concept_logit", "concept_contributions"]
     assert m["concept_model"]["is_head"] is False and m["vocabulary"]["top_concepts_by"] == "concept_contributions"
     det = Detector.load(concept_artifact)
     x = photo_pixels(det, photo_dir, n=4)
@@ -235,6 +236,12 @@ def test_concept_head_artifact_named_by_the_paper_csv(tiny_backbone, photo_dir, 
     m = export_detector(ckpt, tmp_path / "det", backbone=tiny_backbone, vocabulary=vocab)
     assert [x["name"] for x in m["vocabulary"]["concepts"]] == names and m["concept_model"]["is_head"] is True
     assert m["head"]["kind"] == "concepts" and m["head"]["k"] == c
+    # its p_synthetic comes from gated concept scores: no head.npz, evaluation runs its own graph
+    assert m["head"]["weights"] is None and not (tmp_path / "det" / "head.npz").exists()
+    from sid_edge.evaluate import load_detector
+
+    under_test = load_detector("cm", tmp_path / "det")
+    assert under_test.scoring == "graph" and "'concepts'" in under_test.scoring_reason
     det = Detector.load(tmp_path / "det")
     det.top_concepts = 2
     preds = det.predict(sorted(photo_dir.iterdir())[:3])

@@ -21,7 +21,8 @@ def test_manifest_has_what_the_runtime_needs(artifact, tiny_backbone):
     assert m["threshold"] == 0.5 and m["head"]["kind"] == "orthogonal" and m["head"]["k"] == 4
     assert m["input"] == {"name": "pixel_values", "shape": ["batch", 3, 64, 64], "dtype": "float32"}
     assert [o["name"] for o in m["outputs"]] == ["logit", "p_synthetic", "head_activations", "image_embedding",
-                                                 "concept_scores"]  # the packaged vocabulary by default
+                                                 "features", "concept_scores"]  # the packaged vocabulary by default
+    assert m["outputs"][4] == {"name": "features", "shape": ["batch", 64], "dtype": "float32"}
     entry = m["models"]["fp32"]
     assert entry["sha256"] == sha256_file(artifact / entry["file"])
     assert entry["size_bytes"] == (artifact / entry["file"]).stat().st_size
@@ -34,13 +35,14 @@ def test_export_parity_figure_recorded_and_small(artifact):
     fid = read_manifest(artifact)["models"]["fp32"]["fidelity"]["pytorch_parity"]
     assert fid["inputs"] >= 2
     assert 0.0 <= fid["max_abs_logit_diff"] < 1e-4
+    assert 0.0 <= fid["max_abs_features_diff"] < 1e-4
 
 
 def test_one_graph_with_dynamic_batch_and_named_outputs(artifact):
     model = onnx.load(str(artifact / "model.fp32.onnx"))
     assert [i.name for i in model.graph.input] == ["pixel_values"]
     assert [o.name for o in model.graph.output] == ["logit", "p_synthetic", "head_activations", "image_embedding",
-                                                    "concept_scores"]
+                                                    "features", "concept_scores"]
     batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch_dim.dim_param and not batch_dim.HasField("dim_value")
 
@@ -56,12 +58,57 @@ def test_onnx_matches_pytorch(artifact, tiny_backbone, trained_head, batch):
     det = Detector.load(artifact)
     got = det.run(x)
     with torch.inference_mode():
-        logit, p, acts, emb = fused(torch.from_numpy(x))
+        logit, p, acts, emb, feats = fused(torch.from_numpy(x))
+        pooled, _ = tiny_backbone(torch.from_numpy(x))
     assert got["logit"].shape == (batch,) and got["head_activations"].shape == (batch, 4)
     np.testing.assert_allclose(got["logit"], logit.numpy(), atol=1e-4)
     np.testing.assert_allclose(got["p_synthetic"], p.numpy(), atol=1e-5)
     np.testing.assert_allclose(got["head_activations"], acts.numpy(), atol=1e-4)
     np.testing.assert_allclose(np.linalg.norm(got["image_embedding"], axis=1), 1.0, rtol=1e-5)
+    assert got["features"].shape == (batch, 64)  # the pooled pre-projection feature the head reads
+    np.testing.assert_allclose(got["features"], feats.numpy(), atol=1e-4)
+    np.testing.assert_allclose(got["features"], pooled.numpy(), atol=1e-4)
+
+
+def test_head_weights_file_reproduces_the_graph(artifact, trained_head):
+    # head.npz + the graph's `features` output give the graph's own logit in numpy (what evaluation relies on).
+    from sid_edge.head_weights import load_head_weights
+    from sid_edge.heads import load_head
+
+    m = read_manifest(artifact)
+    w = m["head"]["weights"]
+    assert w["file"] == "head.npz" and w["sha256"] == sha256_file(artifact / "head.npz")
+    assert w["arrays"] == {"directions.weight": [4, 64], "directions.bias": [4], "to_logit.weight": [1, 4],
+                           "to_logit.bias": [1]}
+    weights = load_head_weights(artifact / "head.npz", "orthogonal")
+    head, _ = load_head(trained_head)
+    np.testing.assert_array_equal(weights.arrays["directions.weight"], head.directions.weight.detach().numpy())
+    np.testing.assert_array_equal(weights.arrays["to_logit.bias"], head.to_logit.bias.detach().numpy())
+    x = np.random.default_rng(3).normal(size=(6, 3, 64, 64)).astype(np.float32)
+    out = Detector.load(artifact).run(x)
+    np.testing.assert_allclose(weights.logit(out["features"]), out["logit"], atol=1e-4)
+    np.testing.assert_allclose(weights.p_synthetic(out["features"]), out["p_synthetic"], atol=1e-6)
+
+
+def test_head_weights_file_is_checked(tmp_path):
+    from sid_edge.head_weights import load_head_weights, save_head_weights
+
+    good = {"fc.weight": np.ones((1, 8)), "fc.bias": np.zeros(1)}
+    save_head_weights(tmp_path, "linear", good)
+    w = load_head_weights(tmp_path / "head.npz", "linear")
+    assert w.arrays["fc.weight"].dtype == np.float32 and (w.k, w.feature_dim) == (1, 8)
+    np.testing.assert_allclose(w.logit(np.full((2, 8), 0.5)), [4.0, 4.0])
+    with pytest.raises(ValueError, match=r"reads \[N,8\] features"):
+        w.logit(np.zeros((2, 7)))
+    with pytest.raises(ValueError, match="do not match a orthogonal head"):
+        load_head_weights(tmp_path / "head.npz", "orthogonal")
+    with pytest.raises(ValueError, match="fc.bias has shape"):
+        save_head_weights(tmp_path, "linear", {"fc.weight": np.ones((1, 8)), "fc.bias": np.zeros(2)})
+    with pytest.raises(ValueError, match="no numpy form"):
+        save_head_weights(tmp_path, "concepts", good)
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="bad.npz: not a readable head weights file"):
+        load_head_weights(tmp_path / "bad.npz", "linear")
 
 
 def test_head_backbone_dimension_mismatch_is_refused(tiny_backbone, tmp_path):

@@ -159,7 +159,7 @@ def test_only_the_requested_precisions_are_kept(probe_artifact, synthclic_dir, t
     shutil.copytree(probe_artifact, out)
     m = add_precision_variants(out, ["int8"], calibration_data=synthclic_dir, calibration_size=16, fidelity_size=20)
     assert list(m["models"]) == ["int8"] and m["default_precision"] == "int8"
-    assert sorted(p.name for p in out.iterdir()) == ["explanation.npz", "manifest.json", "model.int8.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["explanation.npz", "head.npz", "manifest.json", "model.int8.onnx"]
     det = Detector.load(out)  # the manifest's default
     assert det.precision == "int8" and m["fidelity_set"]["images"] == 20
     assert m["models"]["int8"]["fidelity"]["held_out"]["images"] == 20

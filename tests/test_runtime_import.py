@@ -17,7 +17,8 @@ def test_import_sid_edge_does_not_import_torch():
         import sys, sid_edge
         from sid_edge import Detector, Prediction
         import sid_edge.cli, sid_edge.scan, sid_edge.detector, sid_edge.imageio, sid_edge.manifest, sid_edge.datasets
-        import sid_edge.explain, sid_edge.top_concepts
+        import sid_edge.explain, sid_edge.top_concepts, sid_edge.evaluate, sid_edge.evaluation, sid_edge.head_weights
+        import sid_edge.image_cache
         print(*(name in sys.modules for name in ('torch', 'open_clip', 'onnx', 'modelopt', 'datasets')))
     """)
     assert r.returncode == 0, r.stderr
@@ -62,3 +63,29 @@ def test_fp16_and_int8_variants_run_without_torch_or_onnx(precision_artifact, ph
     for out in outs.values():
         lines = out.read_text().splitlines()
         assert len(lines) == 1 + len(list(photo_dir.iterdir())) and all(line.split(",")[3] == "" for line in lines[1:])
+
+
+def test_evaluate_runs_with_torch_unimportable(artifact, synthclic_dir, tmp_path):
+    # Evaluation needs the runtime, numpy, scikit-learn and matplotlib, never PyTorch or the export stack.
+    # An import hook makes them unimportable as on a machine without them (sys.modules[name] = None would also
+    # trip scipy's array-API helpers, which look torch up in sys.modules without importing it).
+    out = tmp_path / "report"
+    r = run_python(f"""
+        import importlib.abc, sys
+        BLOCKED = {{'torch', 'open_clip', 'onnx', 'modelopt'}}
+
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split('.')[0] in BLOCKED:
+                    raise ImportError(f'{{name}} is not installed here')
+                return None
+
+        sys.meta_path.insert(0, Block())
+        from sid_edge.cli import main
+        rc = main(['evaluate', {str(artifact)!r}, '--data', {str(synthclic_dir)!r}, '--out', {str(out)!r},
+                   '--threshold-from', {str(synthclic_dir)!r}, '--no-progress'])
+        print(rc, *(name in sys.modules for name in sorted(BLOCKED)))
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-5:] == ["0", "False", "False", "False", "False"]
+    assert (out / "report.json").is_file() and (out / "cross_dataset_map.png").is_file()

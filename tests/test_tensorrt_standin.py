@@ -101,7 +101,7 @@ def test_detector_on_the_engine_splits_pads_and_returns_every_output(standin, ar
     assert det.backend_name == "tensorrt" and str(det.backend) == "tensorrt"
     assert det.backend_choice.describe() == "tensorrt (auto: fastest available)"
     n_buffers = len(allocations)
-    assert n_buffers == 10  # pinned host + device buffer for the input and 4 outputs, allocated once
+    assert n_buffers == 12  # pinned host + device buffer for the input and 5 outputs, allocated once
     rng = np.random.default_rng(0)
     for n, runs in ((1, [2]), (3, [3]), (8, [8]), (11, [8, 3]), (17, [8, 8, 2])):
         calls.clear()
@@ -109,7 +109,7 @@ def test_detector_on_the_engine_splits_pads_and_returns_every_output(standin, ar
         out = det.run(x)
         assert executed(calls) == runs  # split at max 8, padded to min 2
         want = trt_standin.engine_function(x, 4, 32)
-        for name in ("logit", "p_synthetic", "head_activations", "image_embedding"):
+        for name in ("logit", "p_synthetic", "head_activations", "image_embedding", "features"):
             assert out[name].dtype == np.float32 and out[name].shape == want[name].shape
             np.testing.assert_allclose(out[name], want[name], rtol=1e-6, atol=1e-7)
     assert len(allocations) == n_buffers  # reused, nothing allocated per run

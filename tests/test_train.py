@@ -54,6 +54,19 @@ def test_validation_ap_reported_and_correct():
     assert len(report.history) in (report.best_epoch + 5, 200)
 
 
+def test_early_stopping_on_a_given_validation_split():
+    # The paper stops on the dataset's own validation split: all training data trains, the given split validates.
+    x, y = correlated_features(seed=4)
+    xv, yv = correlated_features(n=120, seed=5)
+    head, report = train_head(x, y, TrainConfig(kind="linear", k=1, seed=0), validation=(xv, yv))
+    assert (report.n_train, report.n_val) == (400, 120)
+    with torch.no_grad():
+        logit, _ = head(torch.from_numpy(xv))
+    assert report.val_ap == pytest.approx(average_precision_score(yv, logit.numpy()), abs=1e-9) and report.val_ap > 0.9
+    with pytest.raises(ValueError, match="validation features"):
+        train_head(x, y, TrainConfig(kind="linear", k=1), validation=(xv[:, :10], yv))
+
+
 def test_stratified_split_deterministic_and_stratified():
     y = np.array([0] * 30 + [1] * 10)
     a = stratified_split(y, 0.2, seed=7)

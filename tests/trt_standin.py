@@ -64,14 +64,17 @@ def make_cudart(allocations: dict) -> types.ModuleType:
 
 
 # ------------------------------------------------------------------------------------------ TensorRT
-def engine_function(x: np.ndarray, k: int, e: int) -> dict[str, np.ndarray]:
-    """What a stand-in engine computes from pixel_values [B,3,S,S]: per-image channel means drive every output."""
+def engine_function(x: np.ndarray, k: int, e: int, d: int = 64) -> dict[str, np.ndarray]:
+    """What a stand-in engine computes from pixel_values [B,3,S,S]: per-image channel means drive every output
+    (``features`` [B,d] repeats the means; the stand-in's head does not read it)."""
     x = x.astype(np.float32)
     means = x.reshape(len(x), 3, -1).mean(axis=2)  # [B,3]
     head = np.concatenate([means, -means, means * 2, means * 3], axis=1)[:, :k]
     logit = head.sum(axis=1)
     emb = np.tile(means, (1, e // 3 + 1))[:, :e]
-    return {"logit": logit, "p_synthetic": 1 / (1 + np.exp(-logit)), "head_activations": head, "image_embedding": emb}
+    features = np.tile(means, (1, d // 3 + 1))[:, :d]
+    return {"logit": logit, "p_synthetic": 1 / (1 + np.exp(-logit)), "head_activations": head, "image_embedding": emb,
+            "features": features}
 
 
 class TensorIOMode(enum.Enum):
@@ -87,11 +90,11 @@ class Logger:
 
 
 class StandInEngine:
-    """Deserialized from JSON bytes b'STANDIN' + {"input_dtype", "min", "opt", "max", "size", "k", "e"}."""
+    """Deserialized from JSON bytes b'STANDIN' + {"input_dtype", "min", "opt", "max", "size", "k", "e"[, "d"]}."""
 
     def __init__(self, spec: dict, calls: list):
         self.spec, self.calls = spec, calls
-        self.names = ["pixel_values", "logit", "p_synthetic", "head_activations", "image_embedding"]
+        self.names = ["pixel_values", "logit", "p_synthetic", "head_activations", "image_embedding", "features"]
         self.num_io_tensors = len(self.names)
 
     def get_tensor_name(self, i):
@@ -125,7 +128,7 @@ class StandInContext:
     def get_tensor_shape(self, name):
         b, spec = self.shape[0], self.engine.spec
         return {"pixel_values": self.shape, "logit": (b,), "p_synthetic": (b,), "head_activations": (b, spec["k"]),
-                "image_embedding": (b, spec["e"])}[name]
+                "image_embedding": (b, spec["e"]), "features": (b, spec.get("d", 64))}[name]
 
     def set_tensor_address(self, name, ptr):
         self.addresses[name] = int(ptr)
@@ -141,7 +144,7 @@ class StandInContext:
         spec = self.engine.spec
         x = self._array("pixel_values", np.dtype(spec["input_dtype"]))
         self.engine.calls.append(("execute", self.shape[0], int(stream)))
-        for name, value in engine_function(x, spec["k"], spec["e"]).items():
+        for name, value in engine_function(x, spec["k"], spec["e"], spec.get("d", 64)).items():
             self._array(name, np.float32)[...] = value
         return True
 
@@ -262,7 +265,8 @@ def make_tensorrt(calls: list) -> types.ModuleType:
                 monitor.phase_finish("Tactic selection")
                 monitor.step_complete("Building engine", 1)
                 monitor.phase_finish("Building engine")
-            spec = {"input_dtype": "float32", "min": mn[0], "opt": opt[0], "max": mx[0], "size": mn[2], "k": 4, "e": 32}
+            spec = {"input_dtype": "float32", "min": mn[0], "opt": opt[0], "max": mx[0], "size": mn[2], "k": 4, "e": 32,
+                    "d": 64}
             return b"STANDIN" + json.dumps(spec).encode()
 
     m.Builder, m.OnnxParser = Builder, OnnxParser
