@@ -297,7 +297,9 @@ def _check_head_matches(cfg: HeadConfig, backbone: Backbone) -> None:
             f"export with the backbone the head was trained on ({cfg.backbone.get('model_name', 'unknown')})"
         )
     trained = cfg.backbone
-    if trained and (trained.get("model_name"), trained.get("pretrained")) != (ident.model_name, ident.pretrained):
+    same_weights = trained.get("pretrained_sha256") in (None, ident.pretrained_sha256)  # local files, random seeds
+    if trained and ((trained.get("model_name"), trained.get("pretrained")) != (ident.model_name, ident.pretrained)
+                    or not same_weights):
         log.warning(
             "the head was trained on %s/%s but is exported with %s/%s: its scores are only meaningful on the "
             "backbone it was trained on",

@@ -142,6 +142,7 @@ def load_backbone(
     *,
     device: str = "cpu",
     cache_dir: str | None = None,
+    seed: int = 0,
 ) -> Backbone:
     """Create a frozen open_clip backbone.
 
@@ -153,6 +154,8 @@ def load_backbone(
             open_clip state-dict file (works offline), or ``none``/None for random weights (loud warning).
         device: torch device string.
         cache_dir: open_clip download cache.
+        seed: random-weight initialisation seed (``pretrained='none'`` only). Fixed, so that ``train`` and
+            ``export`` run in separate processes build the same random backbone; the global torch RNG is untouched.
 
     Raises:
         ValueError: unknown model name, unknown tag, or a model whose vision tower is not an open_clip
@@ -171,14 +174,16 @@ def load_backbone(
     if source is None:
         log.warning(RANDOM_WEIGHTS_WARNING)
     try:
-        model = open_clip.create_model(
-            model_name,
-            pretrained=source,
-            force_quick_gelu=force_quick_gelu,
-            device=device,
-            cache_dir=cache_dir,
-            weights_only=True,
-        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = open_clip.create_model(
+                model_name,
+                pretrained=source,
+                force_quick_gelu=force_quick_gelu,
+                device=device,
+                cache_dir=cache_dir,
+                weights_only=True,
+            )
     except (OSError, ConnectionError) as e:  # hub download failures surface as OSError subclasses
         raise RuntimeError(
             f"could not load CLIP weights {model_name!r} / {pretrained!r}: {e}. Without a network, download the "

@@ -68,11 +68,9 @@ def test_quickgelu_detected_from_the_modules(tmp_path):
 
 
 def test_random_initialisations_do_not_share_a_cache_key():
-    torch.manual_seed(1)
-    a = load_backbone(TINY_CLIP_MODEL, "none")
-    torch.manual_seed(2)
-    b = load_backbone(TINY_CLIP_MODEL, "none")
-    torch.manual_seed(1)
-    c = load_backbone(TINY_CLIP_MODEL, "none")
+    a = load_backbone(TINY_CLIP_MODEL, "none", seed=1)
+    b = load_backbone(TINY_CLIP_MODEL, "none", seed=2)
+    torch.manual_seed(123)  # the global RNG does not matter: train and export in two processes agree
+    c = load_backbone(TINY_CLIP_MODEL, "none", seed=1)
     assert a.identity.key != b.identity.key
     assert a.identity.key == c.identity.key and len(a.identity.pretrained_sha256) == 64

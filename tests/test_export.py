@@ -201,3 +201,19 @@ def test_cli_export_and_info(trained_head, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["head"]["k"] == 4
     assert main(["info", str(tmp_path)]) == 3
     assert main(["export", "--head", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_export_in_a_new_process_rebuilds_the_same_random_backbone(trained_head, tmp_path, caplog):
+    # train and export are separate processes: with random weights the fixed seed must give the same backbone,
+    # and a head from other weights is called out.
+    from sid_edge.backbone import load_backbone
+    from sid_edge.export import export_detector
+
+    with caplog.at_level("WARNING"):
+        export_detector(trained_head, tmp_path / "same", backbone=load_backbone("sid-edge-tiny", "none"), vocabulary=None)
+    assert not any("was trained on" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        export_detector(trained_head, tmp_path / "other", backbone=load_backbone("sid-edge-tiny", "none", seed=7),
+                        vocabulary=None)
+    assert any("was trained on" in r.getMessage() for r in caplog.records)
