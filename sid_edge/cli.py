@@ -13,6 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
+from rich.markup import escape
+
 from sid_edge import __version__
 from sid_edge.progress import console
 
@@ -242,10 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except UsageError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         return EXIT_USAGE
     except ModelError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         return EXIT_MODEL
     except KeyboardInterrupt:
         console.print("interrupted")
@@ -290,7 +292,7 @@ def cmd_train(args) -> int:
     config = TrainConfig(kind=args.head, k=args.head_dim if args.head == "orthogonal" else 1,
                          ortho_weight=args.ortho_weight, lr=args.lr, max_epochs=args.epochs,
                          patience=args.patience, val_fraction=args.val_fraction, seed=args.seed)
-    console.print(f"Training a {config.kind} head (k={config.k}) on {len(labels)} images "
+    console.print(f"Training {'an' if config.kind[0] in 'aeiou' else 'a'} {config.kind} head (k={config.k}) on {len(labels)} images "
                   f"({int((labels == 0).sum())} real, {int((labels == 1).sum())} synthetic)", highlight=False)
     try:
         head, report = train_head(feats.pooled, labels, config)

@@ -20,7 +20,8 @@ from rich.progress import (
 from rich.text import Text
 
 #: Progress and messages go to stderr so stdout stays parseable.
-console = Console(stderr=True)
+# soft_wrap: messages stay one line when stderr is not a terminal, so paths, URLs and commands can be copied.
+console = Console(stderr=True, soft_wrap=True)
 
 
 class RateColumn(ProgressColumn):

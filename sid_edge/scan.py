@@ -97,6 +97,8 @@ def scan(
     Raises FileNotFoundError for a path argument that does not exist; never for a bad image.
     """
     files = [p for p in discover_images(paths)]
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
     stream = open(out, "w", newline="", encoding="utf-8") if out is not None else sys.stdout
     counts = {"scored": 0, "synthetic": 0, "errors": 0}
     start = time.perf_counter()

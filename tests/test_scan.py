@@ -191,3 +191,21 @@ def test_scan_usage_and_model_errors(artifact, photo_dir, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["scan"])
     assert e.value.code == 2
+
+
+def test_scan_creates_the_output_folder(artifact, photo_dir, tmp_path):
+    out = tmp_path / "new" / "nested" / "r.jsonl"
+    assert main(["scan", str(photo_dir), "--model", str(artifact), "--out", str(out), "--no-progress"]) == 0
+    assert len(out.read_text().splitlines()) == len(list(photo_dir.iterdir()))
+
+
+def test_error_messages_keep_square_brackets(capsys, monkeypatch):
+    # Messages name extras like 'sid-edge[tensorrt]'; rich markup must not eat the brackets.
+    import sid_edge.cli as cli
+
+    def boom(args):
+        raise cli.ModelError("pip install 'sid-edge[tensorrt]'")
+
+    monkeypatch.setattr(cli, "cmd_info", boom)
+    assert main(["info", "x"]) == 3
+    assert "sid-edge[tensorrt]" in capsys.readouterr().err
