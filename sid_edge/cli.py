@@ -252,6 +252,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("interrupted")
         return 130
+    except BrokenPipeError:  # e.g. `sid-edge info --json | head`: the reader left, nothing is wrong
+        sys.stdout = None
+        return EXIT_OK
+
+
+def _count(n: int, noun: str) -> str:
+    """'1 file', '3 files'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -522,8 +530,8 @@ def cmd_scan(args) -> int:
     summary = scan(args.paths, det, out=args.out, batch_size=args.batch_size, workers=args.workers,
                    max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, progress=progress, top_concepts=args.top_concepts)
     console.print(
-        f"{summary.files} files: {summary.scored} scored ({summary.synthetic} synthetic at threshold "
-        f"{det.threshold:g}), {summary.errors} errors; {summary.images_per_second:.1f} images/s on {det.backend}"
+        f"{_count(summary.files, 'file')}: {summary.scored} scored ({summary.synthetic} synthetic at threshold "
+        f"{det.threshold:g}), {_count(summary.errors, 'error')}; {summary.images_per_second:.1f} images/s on {det.backend}"
         + (f"; results in {args.out}" if args.out else ""),
         highlight=False,
     )
