@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from platformdirs import user_cache_dir
 
 from sid_edge.calibration.selection import select_stratified
 from sid_edge.datasets import LabelledImage, dataset_location, read_labelled_images
+from sid_edge.image_cache import cache_root
 from sid_edge.imageio import Preprocessing
 from sid_edge.pipeline import iter_batches
 
@@ -53,7 +53,7 @@ def default_calibration_size(providers: Sequence[str] | None = None) -> int:
 
 def default_cache_dir() -> Path:
     """``$SID_EDGE_CACHE`` or the user cache dir (platformdirs) + ``/calibration``."""
-    return Path(os.environ.get("SID_EDGE_CACHE") or user_cache_dir("sid-edge")) / "calibration"
+    return cache_root() / "calibration"
 
 
 def image_record(item: LabelledImage) -> dict:

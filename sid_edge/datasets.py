@@ -216,6 +216,15 @@ def _read_csv_manifest(path: Path) -> list[LabelledImage]:
 _SPLIT_CONTAINERS = {"data"}  # folder names that hold split-named files rather than being a split themselves
 
 
+def _column_item(image: ImageRef, meta: dict, i: int, where: str, split: str | None, key: str) -> LabelledImage:
+    """Row ``i`` of a columnar dataset (``meta``: the label/image_id/source columns as lists) as a LabelledImage."""
+    label = _check_label(meta["label"][i], where)
+    image_id = meta["image_id"][i] if "image_id" in meta else None
+    source = meta["source"][i] if "source" in meta else None
+    return LabelledImage(image, label, _default_source(label, source),
+                         image_id="" if image_id is None else str(image_id), split=split, key=key)
+
+
 def _parquet_split(path: Path, root: Path) -> str:
     """Split of a parquet file inside ``root``, named the Hugging Face hub way: by its folder
     (``<split>/0000.parquet``) or by its file name up to the first '-' (``data/train-00000-of-00001.parquet``)."""
@@ -291,13 +300,8 @@ def _read_parquet_files(root: Path, files: list[tuple[Path, str | None]], split:
         row = 0
         for rg in range(pf.metadata.num_row_groups):
             meta = pf.read_row_group(rg, columns=["label", *optional]).to_pydict()
-            for i, raw in enumerate(meta["label"]):
-                label = _check_label(raw, f"{path}: row {row + i}")
-                image_id = meta["image_id"][i] if "image_id" in meta else None
-                items.append(LabelledImage(
-                    ParquetImage(path, rg, i), label, _default_source(label, meta["source"][i] if "source" in meta else None),
-                    image_id="" if image_id is None else str(image_id), split=file_split, key=f"{path}#{row + i}",
-                ))
+            items.extend(_column_item(ParquetImage(path, rg, i), meta, i, f"{path}: row {row + i}", file_split,
+                                      f"{path}#{row + i}") for i in range(len(meta["label"])))
             row += len(meta["label"])
     return items
 
@@ -333,15 +337,8 @@ def _hf_items(ds, name: str, split: str | None) -> list[LabelledImage]:
         raise ValueError(f"{name}: no column(s) {', '.join(missing)} (it has: {', '.join(ds.column_names)})")
     ds = ds.cast_column("image", Image(decode=False))  # keep the encoded bytes; we decode exactly like the runtime
     meta = ds.select_columns(["label", *[c for c in ("image_id", "source") if c in ds.column_names]]).to_dict()
-    items = []
-    for i, raw in enumerate(meta["label"]):
-        label = _check_label(raw, f"{name}: row {i}")
-        image_id = meta["image_id"][i] if "image_id" in meta else None
-        items.append(LabelledImage(
-            HFImage(ds, i, name), label, _default_source(label, meta["source"][i] if "source" in meta else None),
-            image_id="" if image_id is None else str(image_id), split=split, key=f"{name}#{i}",
-        ))
-    return items
+    return [_column_item(HFImage(ds, i, name), meta, i, f"{name}: row {i}", split, f"{name}#{i}")
+            for i in range(len(meta["label"]))]
 
 
 def _read_hf_disk(root: Path, split: str | None) -> list[LabelledImage]:

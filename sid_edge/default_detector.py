@@ -19,8 +19,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from platformdirs import user_cache_dir
 
+from sid_edge.image_cache import cache_root
 from sid_edge.manifest import MANIFEST_NAME, sha256_file
 
 CLIP_MODEL = "ViT-L-14-336-quickgelu"
@@ -33,11 +33,6 @@ HEAD_SHA256 = "0ddba778343c20186c6d3ab06198a956da3572058806cfbbf287a275f97ca5e4"
 
 class DefaultDetectorUnavailable(RuntimeError):
     """The default detector is not cached and could not be built; the message says what and how to proceed."""
-
-
-def cache_root() -> Path:
-    """``$SID_EDGE_CACHE`` or the platform user cache dir for sid-edge."""
-    return Path(os.environ.get("SID_EDGE_CACHE") or user_cache_dir("sid-edge"))
 
 
 def default_detector_dir() -> Path:

@@ -16,9 +16,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from platformdirs import user_cache_dir
 
 from sid_edge.backbone import Backbone
+from sid_edge.image_cache import cache_root, content_sha256
 from sid_edge.pipeline import iter_batches
 from sid_edge.progress import progress_bar
 
@@ -37,20 +37,15 @@ class Features:
 
 
 def default_cache_dir() -> Path:
-    """``$SID_EDGE_CACHE`` or the user cache dir (platformdirs) + ``/features``."""
-    root = os.environ.get("SID_EDGE_CACHE") or user_cache_dir("sid-edge")
-    return Path(root) / "features"
+    """The feature cache: :func:`sid_edge.image_cache.cache_root` + ``/features``."""
+    return cache_root() / "features"
 
 
 def _content_hash(source) -> str:
-    """sha256 of an image's encoded bytes: a file, bytes, or a dataset reference (``resolve_image()``)."""
+    """sha256 of an image's encoded bytes (:func:`sid_edge.image_cache.content_sha256`); an unreadable source gets
+    a placeholder so it still has a place in the shard key (the pipeline reports its error)."""
     try:
-        if hasattr(source, "resolve_image"):
-            source = source.resolve_image()
-        if isinstance(source, (bytes, bytearray)):
-            return hashlib.sha256(source).hexdigest()
-        with open(source, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
+        return content_sha256(source)
     except (OSError, ValueError) as e:
         return f"unreadable:{type(e).__name__}"
 

@@ -24,9 +24,14 @@ from platformdirs import user_cache_dir
 _HASHES, _ERROR_HASHES, _ERROR_REASONS = "__hashes__", "__error_hashes__", "__error_reasons__"
 
 
+def cache_root() -> Path:
+    """Root of every sid-edge cache: ``$SID_EDGE_CACHE`` or the user cache dir (platformdirs)."""
+    return Path(os.environ.get("SID_EDGE_CACHE") or user_cache_dir("sid-edge"))
+
+
 def default_cache_root() -> Path:
-    """``$SID_EDGE_CACHE`` or the user cache dir (platformdirs) + ``/evaluation``."""
-    return Path(os.environ.get("SID_EDGE_CACHE") or user_cache_dir("sid-edge")) / "evaluation"
+    """The evaluation cache: :func:`cache_root` + ``/evaluation``."""
+    return cache_root() / "evaluation"
 
 
 def content_sha256(source) -> str:
