@@ -49,9 +49,9 @@ def export_random(model_key: str, out: Path) -> Path:
     """Export the fused graph of ``model_key`` with random backbone weights and a random orthogonal head (k=8)."""
     import torch
 
-    from sid_edge.backbone import load_backbone
+    from sid_edge.build.backbone import load_backbone
     from sid_edge.export import export_detector
-    from sid_edge.heads import HeadConfig, OrthogonalHead, save_head
+    from sid_edge.build.heads import HeadConfig, OrthogonalHead, save_head
 
     torch.manual_seed(0)
     backbone = load_backbone(MODELS[model_key], "none")
@@ -65,8 +65,8 @@ def export_random(model_key: str, out: Path) -> Path:
 
 def check_images(spec) -> np.ndarray:
     """16 preprocessed images [16,3,S,S] float32: scikit-image's 10 photographs and 6 rendered images."""
-    from sid_edge.demo import rendered_image, skimage_photographs
-    from sid_edge.imageio import preprocess
+    from sid_edge.build.demo_data import rendered_image, skimage_photographs
+    from sid_edge.runtime.images import preprocess
 
     arrays = [preprocess(a, spec) for a in skimage_photographs().values()]
     arrays += [preprocess(rendered_image(seed), spec) for seed in range(6)]
@@ -78,7 +78,7 @@ def add_precision_variants(artifact: Path, work: Path, model_key: str) -> list[s
     :func:`sid_edge.calibration.variants.add_precision_variants`, calibrated on the offline demo images (random
     weights: only the numerics matter here). Returns the precisions added; says why when it fails."""
     from sid_edge.calibration.variants import add_precision_variants as add_variants
-    from sid_edge.demo import write_demo_dataset
+    from sid_edge.build.demo_data import write_demo_dataset
 
     data = work / "calibration-data"
     if not (data / "real").is_dir():
@@ -121,9 +121,9 @@ def torch_eager(artifact_backbone, model_key: str):
     (run(x) -> p_synthetic numpy, device name)."""
     import torch
 
-    from sid_edge.backbone import load_backbone
+    from sid_edge.build.backbone import load_backbone
     from sid_edge.export import FusedDetector
-    from sid_edge.heads import load_head
+    from sid_edge.build.heads import load_head
 
     torch.manual_seed(0)
     backbone = load_backbone(MODELS[model_key], "none")
@@ -140,10 +140,10 @@ def torch_eager(artifact_backbone, model_key: str):
 
 
 def check_model(model_key: str, work: Path, args, env, report: dict) -> None:
-    from sid_edge.detector import Detector
-    from sid_edge.engines import BatchProfile
-    from sid_edge.imageio import Preprocessing
-    from sid_edge.manifest import read_manifest
+    from sid_edge.runtime.detector import Detector
+    from sid_edge.runtime.tensorrt_engines import BatchProfile
+    from sid_edge.artifact.preprocessing import Preprocessing
+    from sid_edge.artifact.manifest import read_manifest
 
     rows = report.setdefault("rows", [])
     say(f"== {model_key} ({MODELS[model_key]}, random weights): exporting the fused ONNX graph")
@@ -253,7 +253,7 @@ def main(argv=None) -> int:
 
     import onnxruntime as ort
 
-    from sid_edge.engines import detect_environment
+    from sid_edge.runtime.tensorrt_engines import detect_environment
 
     env = detect_environment()
     report = {"environment": {"machine": env.describe(), "problems": list(env.problems),

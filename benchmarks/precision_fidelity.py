@@ -28,12 +28,12 @@ def main(argv=None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from sid_edge.backbone import TINY_CLIP_MODEL, load_backbone
+    from sid_edge.build.backbone import TINY_CLIP_MODEL, load_backbone
     from sid_edge.calibration.variants import add_precision_variants
-    from sid_edge.datasets import read_labelled_images
-    from sid_edge.demo import FIDELITY_FIXTURE_PAIRS, fit_probe_head, write_synthclic_parquet
+    from sid_edge.tools.datasets import read_labelled_images
+    from sid_edge.build.demo_data import FIDELITY_FIXTURE_PAIRS, fit_probe_head, write_synthclic_parquet
     from sid_edge.export import export_detector
-    from sid_edge.heads import save_head
+    from sid_edge.build.heads import save_head
 
     shutil.rmtree(args.work, ignore_errors=True)
     data = write_synthclic_parquet(args.work / "synthclic", FIDELITY_FIXTURE_PAIRS)

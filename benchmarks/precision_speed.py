@@ -3,7 +3,7 @@
 
 For each model (the tiny test CLIP and ViT-L/14-336, both with RANDOM weights: speed does not depend on them) it
 exports an artifact with a random orthogonal head, adds the INT8 Q/DQ variant calibrated on a small SynthCLIC-shaped
-parquet set written here, then times ``sid_edge.scan.scan`` (decode in threads + preprocessing + ONNX Runtime CPU)
+parquet set written here, then times ``sid_edge.runtime.scan.scan`` (decode in threads + preprocessing + ONNX Runtime CPU)
 over a folder of photographs for each precision and batch size, after one warm-up batch. Results are printed as a
 table and written to ``WORK/precision_speed.json`` with the machine's CPU flags and library versions.
 
@@ -72,11 +72,11 @@ def machine() -> dict:
 def build_artifact(name: str, work: Path, data: Path, args) -> tuple[Path, dict]:
     import torch
 
-    from sid_edge.backbone import load_backbone
+    from sid_edge.build.backbone import load_backbone
     from sid_edge.calibration.variants import add_precision_variants
     from sid_edge.export import export_detector
-    from sid_edge.heads import HeadConfig, OrthogonalHead, save_head
-    from sid_edge.manifest import read_manifest
+    from sid_edge.build.heads import HeadConfig, OrthogonalHead, save_head
+    from sid_edge.artifact.manifest import read_manifest
 
     model_name, k, _ = MODELS[name]
     out = work / name / "detector"
@@ -109,7 +109,7 @@ def photo_folder(out: Path, n: int) -> Path:
     import numpy as np
     from PIL import Image
 
-    from sid_edge.demo import skimage_photographs
+    from sid_edge.build.demo_data import skimage_photographs
 
     if out.is_dir() and len(list(out.iterdir())) == n:
         return out
@@ -124,9 +124,9 @@ def photo_folder(out: Path, n: int) -> Path:
 
 
 def time_scan(artifact: Path, precision: str, folder: Path, batch_size: int) -> dict:
-    from sid_edge.detector import Detector
-    from sid_edge.imageio import discover_images
-    from sid_edge.scan import scan
+    from sid_edge.runtime.detector import Detector
+    from sid_edge.runtime.images import discover_images
+    from sid_edge.runtime.scan import scan
 
     det = Detector.load(artifact, precision=precision, backend="cpu")
     warm = [str(p) for p in discover_images([folder])[:batch_size]]
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from sid_edge.demo import write_synthclic_parquet
+    from sid_edge.build.demo_data import write_synthclic_parquet
 
     args.work.mkdir(parents=True, exist_ok=True)
     data = args.work / "synthclic"

@@ -35,7 +35,7 @@ import math
 import sys
 from pathlib import Path
 
-#: Corpus name -> DATA (any form sid_edge.datasets reads). Hub ids as in clip-cues (src/clip_cues/dataset.py,
+#: Corpus name -> DATA (any form sid_edge.tools.datasets reads). Hub ids as in clip-cues (src/clip_cues/dataset.py,
 #: PUBLICATION_CHECKLIST.md): CNNSpot is published there as its 4,000-test-image subset ``cnnspot-small``.
 PAPER_DATASETS = {
     "synthclic": "hf:marco-willi/synthclic",
@@ -59,7 +59,7 @@ PAPER_MAP = {
 #: the earlier appendix table, 0.3757, which the repository's regeneration replaced by the 0.4222 above).
 PAPER_HEADLINE = "0.96 mAP on CNNSpot, 0.92 on SynthCLIC, as low as 0.37 across generator families"
 
-#: The paper's training settings (the rest are sid_edge.train.TrainConfig's defaults, which follow the paper).
+#: The paper's training settings (the rest are sid_edge.build.training.TrainConfig's defaults, which follow the paper).
 PAPER_TRAIN = {"k": 8, "batch_size": 64, "max_epochs": 200, "patience": 5, "lr": 1e-3, "weight_decay": 0.01,
                "label_smoothing": 0.1, "ortho_weight": 0.33}
 HEAD_KINDS = ("linear", "orthogonal")
@@ -89,7 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def corpora(specs: list[str] | None) -> dict[str, str]:
     """name -> DATA from ``NAME=DATA`` specs (default: :data:`PAPER_DATASETS`)."""
-    from sid_edge.evaluate import parse_named
+    from sid_edge.tools.evaluation.runner import parse_named
 
     return dict(parse_named(specs)) if specs else dict(PAPER_DATASETS)
 
@@ -99,8 +99,8 @@ def split_features(backbone, data: str, split: str, batch_size: int):
     dataset has splits but not this one."""
     import numpy as np
 
-    from sid_edge.datasets import read_labelled_images
-    from sid_edge.features import extract_features
+    from sid_edge.tools.datasets import read_labelled_images
+    from sid_edge.build.features import extract_features
 
     try:
         items = read_labelled_images(data, split=split)
@@ -117,8 +117,8 @@ def train_heads(backbone, name: str, data: str, out: Path, *, kinds=HEAD_KINDS, 
                 seed: int = 0, batch_size: int = 32, retrain: bool = False, say=print) -> dict[str, Path]:
     """Train one head per kind on ``data``'s train split, early-stopped on its validation split (a stratified 20 %
     of train when it has none). Heads go to ``out/heads/<name>-<kind>``; returns {kind: head dir}."""
-    from sid_edge.heads import HeadConfig, save_head
-    from sid_edge.train import TrainConfig, train_head
+    from sid_edge.build.heads import HeadConfig, save_head
+    from sid_edge.build.training import TrainConfig, train_head
 
     dirs = {kind: out / "heads" / f"{name}-{kind}" for kind in kinds}
     todo = [kind for kind in kinds if retrain or not (dirs[kind] / "head.json").is_file()]
@@ -161,9 +161,9 @@ def export_heads(backbone, heads: dict[str, Path], out: Path, *, retrain: bool =
 def evaluate_all(artifacts: dict[str, Path], datasets: dict[str, str], out: Path, *, split: str = "test",
                  batch_size: int = 32, backend: str = "auto"):
     """``sid-edge evaluate`` every artifact on every dataset's ``split``; writes ``out/report``. Returns the
-    :class:`sid_edge.evaluate.Evaluation`."""
-    from sid_edge.evaluate import NamedData, evaluate, load_detector, write_report
-    from sid_edge.progress import progress_tasks
+    :class:`sid_edge.tools.evaluation.runner.Evaluation`."""
+    from sid_edge.tools.evaluation.runner import NamedData, evaluate, load_detector, write_report
+    from sid_edge.runtime.progress import progress_tasks
 
     detectors = [load_detector(name, path) for name, path in artifacts.items()]
     with progress_tasks() as new_task:
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from rich.console import Console
 
-    from sid_edge.backbone import load_backbone
+    from sid_edge.build.backbone import load_backbone
 
     console = Console()
     datasets = corpora(args.dataset)

@@ -9,10 +9,9 @@ Modules (they need the ``train`` extra: ModelOpt, onnx, scikit-learn; the runtim
 * :mod:`~sid_edge.calibration.fidelity` — held-out figures of each precision against FP32;
 * :mod:`~sid_edge.calibration.variants` — all of the above applied to an artifact.
 
-This package module itself imports nothing heavy, so the CLI can read the constants below.
+The calibration methods and the default one are named in :mod:`sid_edge.artifact.names`.
 """
 
-#: INT8 activation calibration methods (see :mod:`sid_edge.calibration.int8`).
-CALIBRATION_METHODS = ("max", "entropy", "percentile")
-#: The method that measured best on the fixture set (see README, "Precision variants").
-DEFAULT_CALIBRATION_METHOD = "max"
+from sid_edge.artifact.names import CALIBRATION_METHODS, DEFAULT_CALIBRATION_METHOD
+
+__all__ = ["CALIBRATION_METHODS", "DEFAULT_CALIBRATION_METHOD"]

@@ -20,12 +20,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from sid_edge.calibration.selection import select_stratified
-from sid_edge.datasets import LabelledImage, dataset_location, read_labelled_images
-from sid_edge.image_cache import cache_root
-from sid_edge.imageio import Preprocessing
-from sid_edge.pipeline import iter_batches
+from sid_edge.tools.datasets import LabelledImage, dataset_location, read_labelled_images
+from sid_edge.tools.caches import cache_root
+from sid_edge.artifact.preprocessing import Preprocessing
+from sid_edge.runtime.batching import iter_batches
 
-#: ``progress(description, total) -> advance(n)``, e.g. from :func:`sid_edge.progress.progress_tasks`.
+#: ``progress(description, total) -> advance(n)``, e.g. from :func:`sid_edge.runtime.progress.progress_tasks`.
 TaskFactory = Callable[[str, int], Callable[[int], None]]
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ def build_calibration_set(
     """Draw (see :func:`sid_edge.calibration.selection.select_stratified`), preprocess and cache a calibration set.
 
     Args:
-        data: any dataset form :func:`sid_edge.datasets.read_labelled_images` accepts.
+        data: any dataset form :func:`sid_edge.tools.datasets.read_labelled_images` accepts.
         preprocessing: the artifact's rule (manifest ``preprocessing``), so calibration sees what the runtime feeds.
         size: images to draw (default :func:`default_calibration_size`).
         seed: the draw's seed; the same data, size and seed give the same images.

@@ -21,8 +21,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from sid_edge.calibration.selection import exclude_image_ids, select_stratified
-from sid_edge.datasets import LabelledImage, read_labelled_images
-from sid_edge.pipeline import iter_batches
+from sid_edge.tools.datasets import LabelledImage, read_labelled_images
+from sid_edge.runtime.batching import iter_batches
 
 #: Held-out images on a CPU by default: each costs one pass per precision (seconds for ViT-L/14-336).
 CPU_FIDELITY_SIZE = 128
@@ -149,7 +149,7 @@ def measure_fidelity(
     Raises ManifestError when the artifact lacks an FP32 model or a requested precision; ValueError when no
     held-out image could be decoded.
     """
-    from sid_edge.detector import Detector
+    from sid_edge.runtime.detector import Detector
 
     order = ["fp32", *[p for p in precisions if p != "fp32"]]
     detectors = {p: Detector.load(artifact_dir, precision=p, backend="cpu") for p in order}

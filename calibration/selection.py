@@ -14,7 +14,7 @@ from typing import Hashable, Iterable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
-from sid_edge.datasets import LabelledImage
+from sid_edge.tools.datasets import LabelledImage
 
 K = TypeVar("K", bound=Hashable)
 

@@ -24,16 +24,12 @@ from typing import Callable, Sequence
 from sid_edge.calibration.calibration_set import CalibrationSet, build_calibration_set
 from sid_edge.calibration.fidelity import held_out_set, measure_fidelity
 from sid_edge.calibration.int8 import DEFAULT_CALIBRATION_METHOD, quantize_int8
-from sid_edge.imageio import Preprocessing
-from sid_edge.manifest import PRECISIONS, file_entry, model_entry, read_manifest, write_manifest
+from sid_edge.artifact.names import model_file_name as model_file
+from sid_edge.artifact.preprocessing import Preprocessing
+from sid_edge.artifact.manifest import PRECISIONS, file_entry, model_entry, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
-
-
-def model_file(precision: str) -> str:
-    """File name of a precision's graph in the artifact: ``model.<precision>.onnx``."""
-    return f"model.{precision}.onnx"
 
 
 def _entry(directory: Path, precision: str) -> dict:
@@ -73,7 +69,7 @@ def add_precision_variants(
         artifact_dir: an artifact written by :func:`sid_edge.export.export_detector` (it must hold ``fp32``).
         precisions: any subset of :data:`PRECISIONS`; the artifact keeps exactly these (an FP32 graph not asked
             for is used as the source and reference, then removed).
-        calibration_data: dataset for calibration (any form :func:`sid_edge.datasets.read_labelled_images` reads).
+        calibration_data: dataset for calibration (any form :func:`sid_edge.tools.datasets.read_labelled_images` reads).
         calibration_split, calibration_size, calibration_seed: the calibration draw (size default
             :func:`sid_edge.calibration.calibration_set.default_calibration_size`).
         calibration_method, high_precision: INT8 options (see :func:`sid_edge.calibration.int8.quantize_int8`).

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from sid_edge.engines import (
+from sid_edge.runtime.tensorrt_engines import (
     BatchProfile,
     EngineError,
     cuda_check,
@@ -36,7 +36,7 @@ from sid_edge.engines import (
     trt_logger,
     upsert_engine,
 )
-from sid_edge.manifest import ManifestError, file_entry, model_entry, read_manifest, verify_files, write_manifest
+from sid_edge.artifact.manifest import ManifestError, file_entry, model_entry, read_manifest, verify_files, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def _progress_monitor(trt):
     """An ``IProgressMonitor`` drawing TensorRT's build phases as rich progress bars (on stderr)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from sid_edge.progress import console
+    from sid_edge.runtime.progress import console
 
     class RichProgressMonitor(trt.IProgressMonitor):
         # TensorRT calls these from its own threads; rich's Progress serialises updates with its own lock.
@@ -106,7 +106,7 @@ def build_engine(
 ) -> dict:
     """Build a TensorRT engine from ``models[precision]`` of the artifact, write it beside the ONNX file and record
     it in ``manifest["engines"]`` (replacing an engine of the same precision, GPU architecture and TensorRT
-    release). Returns the engine entry (see :mod:`sid_edge.engines` for its fields).
+    release). Returns the engine entry (see :mod:`sid_edge.runtime.tensorrt_engines` for its fields).
 
     Args:
         artifact_dir: a detector artifact (``sid-edge export``).

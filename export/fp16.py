@@ -9,7 +9,7 @@ the same arrays for every precision. TensorRT builds the result as a strongly ty
 ONNX Runtime note: on x86-64, ONNX Runtime (1.24 to at least 1.32) crashes while creating a CPU session for such
 graphs at the default optimisation level, in its NCHWc layout transformer (microsoft/onnxruntime#28392, fix
 pending in #29194). The manifest entry therefore lists ``NchwcTransformer`` under
-``onnxruntime.disabled_optimizers``, and :class:`sid_edge.detector.Detector` passes that list to ONNX Runtime.
+``onnxruntime.disabled_optimizers``, and :class:`sid_edge.runtime.detector.Detector` passes that list to ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def convert_fp16(
     import onnx
     from modelopt.onnx.autocast import convert_to_mixed_precision
 
-    from sid_edge.calibration.int8 import modelopt_logging
+    from sid_edge.export.modelopt_logs import modelopt_logging
 
     with tempfile.TemporaryDirectory(prefix="sid-edge-fp16-") as tmp, modelopt_logging():
         ref_path = None

@@ -8,8 +8,8 @@ Graph (opset 18, exported with ``torch.onnx.export(dynamo=True)``):
                                       [, concept_scores [B,C]]            with a vocabulary (the default)
                                       [, concept_logit [B], concept_contributions [B,C]]   with a concept model
 
-The concept part (text tower → fixed Linear weights, concept models) is planned in :mod:`sid_edge.concepts`.
-Orthogonal and linear heads are also written as plain arrays (``head.npz``, :mod:`sid_edge.head_weights`), so that
+The concept part (text tower → fixed Linear weights, concept models) is planned in :mod:`sid_edge.build.concept_directions`.
+Orthogonal and linear heads are also written as plain arrays (``head.npz``, :mod:`sid_edge.runtime.numpy_head`), so that
 evaluation can run the backbone once (the ``features`` output) and apply many heads in numpy.
 """
 
@@ -29,12 +29,13 @@ import torch
 from torch import nn
 
 from sid_edge import __version__
-from sid_edge.backbone import Backbone, load_backbone
-from sid_edge.concepts import DEFAULT_TEMPLATE, plan_concepts
-from sid_edge.head_weights import HEAD_ARRAYS, HEAD_WEIGHTS_FILE, save_head_weights
-from sid_edge.heads import HeadConfig, load_head
-from sid_edge.imageio import load_and_preprocess
-from sid_edge.manifest import (
+from sid_edge.artifact.names import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, EXPLANATION_FILE, HEAD_WEIGHTS_FILE, model_file_name
+from sid_edge.build.backbone import Backbone, load_backbone
+from sid_edge.build.concept_directions import DEFAULT_TEMPLATE, plan_concepts
+from sid_edge.runtime.numpy_head import HEAD_ARRAYS, save_head_weights
+from sid_edge.build.heads import HeadConfig, load_head
+from sid_edge.runtime.images import load_and_preprocess
+from sid_edge.artifact.manifest import (
     ARTIFACT_FORMAT,
     INPUT_NAME,
     OUTPUT_NAMES,
@@ -48,8 +49,7 @@ log = logging.getLogger(__name__)
 OPSET = 18
 #: ONNX protobuf files are capped at 2 GiB; keep weights in external data well before that.
 EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
-MODEL_FILE = "model.fp32.onnx"
-EXPLANATION_FILE = "explanation.npz"
+MODEL_FILE = model_file_name("fp32")
 
 
 class FusedDetector(nn.Module):
@@ -59,7 +59,7 @@ class FusedDetector(nn.Module):
 
     A head whose ``input_feature`` is ``"image_embedding"`` (a concept model) reads the normalised projected
     embedding; the others read the pooled feature. ``concepts`` maps the embedding to the extra outputs named by
-    its ``output_names`` (see :mod:`sid_edge.concepts`).
+    its ``output_names`` (see :mod:`sid_edge.build.concept_directions`).
     """
 
     def __init__(self, backbone: Backbone, head: nn.Module, concepts: nn.Module | None = None):
@@ -146,7 +146,7 @@ def parity_inputs(backbone: Backbone, images: Sequence[str | os.PathLike] = (), 
         except Exception as e:  # noqa: BLE001 - a parity image is optional; say which was skipped
             log.warning("parity image %s skipped: %s", p, e)
     rng = np.random.default_rng(seed)
-    from sid_edge.imageio import preprocess
+    from sid_edge.runtime.images import preprocess
 
     for _ in range(n_random):
         arrays.append(preprocess(rng.integers(0, 256, (spec.size + 37, spec.size + 11, 3), dtype=np.uint8), spec))
@@ -170,7 +170,7 @@ def export_detector(
     """Write a detector artifact (``manifest.json`` + ``model.fp32.onnx``) to ``out_dir``; return the manifest.
 
     Args:
-        head_path: a sid-edge head directory or a clip-cues ``.ckpt`` (see :func:`sid_edge.heads.load_head`).
+        head_path: a sid-edge head directory or a clip-cues ``.ckpt`` (see :func:`sid_edge.build.heads.load_head`).
         out_dir: artifact directory; must be empty or absent unless ``overwrite``.
         clip_model, clip_pretrained: backbone (defaults: the head's own backbone if recorded, else ViT-L-14-336
             QuickGELU with OpenAI weights). Ignored when ``backbone`` is given.
@@ -185,17 +185,17 @@ def export_detector(
         prompt_template: ``str.format`` template applied to every prompt (default ``"{}"``: verbatim).
 
     Also writes ``explanation.npz`` (the weights ``sid-edge explain`` reads) when the artifact has concepts, and
-    ``head.npz`` (the head as float32 arrays, :mod:`sid_edge.head_weights`) for orthogonal and linear heads.
+    ``head.npz`` (the head as float32 arrays, :mod:`sid_edge.runtime.numpy_head`) for orthogonal and linear heads.
 
     Raises:
         ValueError: the head's feature dimension does not match the backbone, ``out_dir`` is not empty, or the
-            concept part is inconsistent (see :func:`sid_edge.concepts.plan_concepts`).
+            concept part is inconsistent (see :func:`sid_edge.build.concept_directions.plan_concepts`).
         FileNotFoundError: a vocabulary or concept-model file does not exist.
     """
     head, head_cfg = load_head(head_path)
     if backbone is None:
-        model_name = clip_model or head_cfg.backbone.get("model_name") or "ViT-L-14-336-quickgelu"
-        pretrained = clip_pretrained or head_cfg.backbone.get("pretrained") or "openai"
+        model_name = clip_model or head_cfg.backbone.get("model_name") or DEFAULT_CLIP_MODEL
+        pretrained = clip_pretrained or head_cfg.backbone.get("pretrained") or DEFAULT_CLIP_PRETRAINED
         backbone = load_backbone(model_name, pretrained)
     _check_head_matches(head_cfg, backbone)
     concepts = plan_concepts(backbone, head, head_cfg, vocabulary=vocabulary, concept_model=concept_model,
@@ -229,7 +229,7 @@ def export_detector(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "backbone": ident.to_dict(),
         "preprocessing": backbone.preprocessing.to_dict(),
-        # How files become RGB uint8 before preprocessing (sid_edge.imageio.decode_image).
+        # How files become RGB uint8 before preprocessing (sid_edge.runtime.images.decode_image).
         "decoding": {
             "decoder": "Pillow",
             "exif_orientation": "applied",

@@ -19,7 +19,7 @@ sid() { .venv/bin/sid-edge "$@"; }
 rm -rf "$OUT" && mkdir -p "$OUT"
 .venv/bin/python - "$OUT" "$SAMPLES" <<'PY'
 import sys
-from sid_edge.demo import write_demo_dataset, write_photo_folder
+from sid_edge.build.demo_data import write_demo_dataset, write_photo_folder
 out, samples = sys.argv[1], sys.argv[2]
 write_demo_dataset(f"{out}/train", samples=samples)
 write_photo_folder(f"{out}/photos")

@@ -1,3 +1,5 @@
+import sys
+
 from sid_edge.cli import main
 
-raise SystemExit(main())
+sys.exit(main())

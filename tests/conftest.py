@@ -28,7 +28,7 @@ def clip_cues_file(name: str) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_backbone():
-    from sid_edge.backbone import TINY_CLIP_MODEL, load_backbone
+    from sid_edge.build.backbone import TINY_CLIP_MODEL, load_backbone
 
     import torch
 
@@ -38,14 +38,14 @@ def tiny_backbone():
 
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> Path:
-    from sid_edge.demo import write_demo_dataset
+    from sid_edge.build.demo_data import write_demo_dataset
 
     return write_demo_dataset(tmp_path_factory.mktemp("demo") / "train", crops_per_photo=2, n_rendered=16)
 
 
 @pytest.fixture(scope="session")
 def photo_dir(tmp_path_factory) -> Path:
-    from sid_edge.demo import write_photo_folder
+    from sid_edge.build.demo_data import write_photo_folder
 
     return write_photo_folder(tmp_path_factory.mktemp("photos"))
 
@@ -53,8 +53,8 @@ def photo_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_head(tiny_backbone, demo_features, tmp_path_factory) -> Path:
     """A head trained through the library on the demo data with the tiny backbone."""
-    from sid_edge.heads import HeadConfig, save_head
-    from sid_edge.train import TrainConfig, train_head
+    from sid_edge.build.heads import HeadConfig, save_head
+    from sid_edge.build.training import TrainConfig, train_head
 
     feats, labels = demo_features
     head, report = train_head(feats.pooled, labels, TrainConfig(k=4))
@@ -87,8 +87,8 @@ def demo_features(tiny_backbone, demo_data):
     """(Features, labels) of the demo data with the tiny backbone (the feature cache makes this shared)."""
     import numpy as np
 
-    from sid_edge.datasets import read_labelled_images
-    from sid_edge.features import extract_features
+    from sid_edge.tools.datasets import read_labelled_images
+    from sid_edge.build.features import extract_features
 
     items = read_labelled_images(demo_data)
     feats = extract_features(tiny_backbone, [it.path for it in items])
@@ -98,8 +98,8 @@ def demo_features(tiny_backbone, demo_data):
 @pytest.fixture(scope="session")
 def concept_directions(tiny_backbone):
     """The packaged vocabulary embedded by the tiny text tower: (concepts, directions [C,E])."""
-    from sid_edge.concepts import embed_vocabulary
-    from sid_edge.vocabulary import load_vocabulary
+    from sid_edge.build.concept_directions import embed_vocabulary
+    from sid_edge.build.vocabulary import load_vocabulary
 
     concepts = load_vocabulary()
     return concepts, embed_vocabulary(tiny_backbone, concepts)
@@ -108,8 +108,8 @@ def concept_directions(tiny_backbone):
 @pytest.fixture(scope="session")
 def concept_head(tiny_backbone, demo_features, concept_directions, tmp_path_factory) -> Path:
     """A concept bottleneck model trained through the library on the demo data, saved as a head directory."""
-    from sid_edge.concept_model import ConceptTrainConfig, concept_head_config, train_concept_model, vocabulary_block
-    from sid_edge.heads import save_head
+    from sid_edge.build.concept_model import ConceptTrainConfig, concept_head_config, train_concept_model, vocabulary_block
+    from sid_edge.build.heads import save_head
 
     feats, labels = demo_features
     concepts, directions = concept_directions
@@ -133,7 +133,7 @@ def concept_artifact(tiny_backbone, trained_head, concept_head, tmp_path_factory
 @pytest.fixture(scope="session")
 def synthclic_dir(tmp_path_factory) -> Path:
     """A small SynthCLIC-shaped dataset in the hub's parquet layout (data/<split>-00000-of-00001.parquet)."""
-    from sid_edge.demo import FIDELITY_FIXTURE_PAIRS, write_synthclic_parquet
+    from sid_edge.build.demo_data import FIDELITY_FIXTURE_PAIRS, write_synthclic_parquet
 
     return write_synthclic_parquet(tmp_path_factory.mktemp("synthclic"), FIDELITY_FIXTURE_PAIRS)
 
@@ -141,10 +141,10 @@ def synthclic_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def probe_artifact(tiny_backbone, synthclic_dir, tmp_path_factory) -> Path:
     """An FP32 artifact: the tiny backbone + a probe head fit on the parquet fixture's train split."""
-    from sid_edge.datasets import read_labelled_images
-    from sid_edge.demo import fit_probe_head
+    from sid_edge.tools.datasets import read_labelled_images
+    from sid_edge.build.demo_data import fit_probe_head
     from sid_edge.export import export_detector
-    from sid_edge.heads import save_head
+    from sid_edge.build.heads import save_head
 
     head, cfg = fit_probe_head(tiny_backbone, read_labelled_images(synthclic_dir, split="train"))
     head_dir = save_head(head, cfg, tmp_path_factory.mktemp("probe") / "head")

@@ -5,7 +5,7 @@ import torch
 
 import sid_edge
 
-from sid_edge.backbone import TINY_CLIP_MODEL, load_backbone
+from sid_edge.build.backbone import TINY_CLIP_MODEL, load_backbone
 
 
 def test_pooled_is_pre_projection_and_embedding_is_encode_image(tiny_backbone):
@@ -60,7 +60,7 @@ def test_quickgelu_detected_from_the_modules(tmp_path):
 
     import open_clip
 
-    cfg = json.loads((Path(sid_edge.__file__).parent / "model_configs" / "sid-edge-tiny.json").read_text())
+    cfg = json.loads((Path(sid_edge.__file__).parent / "build" / "model_configs" / "sid-edge-tiny.json").read_text())
     cfg["quick_gelu"] = False
     (tmp_path / "sid-edge-tiny-gelu.json").write_text(json.dumps(cfg))
     open_clip.add_model_config(tmp_path / "sid-edge-tiny-gelu.json")

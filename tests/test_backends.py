@@ -8,11 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-from sid_edge.backends import BackendUnavailable, choose_backend, probe_unavailable
+from sid_edge.runtime.backends import BackendUnavailable, choose_backend, probe_unavailable
 from sid_edge.cli import main
-from sid_edge.detector import Detector
-from sid_edge.engines import GpuEnvironment, detect_environment
-from sid_edge.manifest import file_entry, read_manifest, write_manifest
+from sid_edge.runtime.detector import Detector
+from sid_edge.runtime.tensorrt_engines import GpuEnvironment, detect_environment
+from sid_edge.artifact.manifest import file_entry, read_manifest, write_manifest
 
 ALL = {"tensorrt": None, "cuda": None, "cpu": None}
 NO_GPU = {"tensorrt": "no engine", "cuda": "no CUDA provider", "cpu": None}
@@ -173,8 +173,8 @@ def test_cuda_requested_without_onnxruntime_gpu(artifact):
 def test_altered_engine_file_is_refused_before_loading(artifact_copy):
     add_foreign_engine(artifact_copy)
     (artifact_copy / "model.fp32.sm87.trt10.3.0.engine").write_bytes(b"tampered, other size")
-    from sid_edge.backends import _start
-    from sid_edge.manifest import ManifestError
+    from sid_edge.runtime.backends import _start
+    from sid_edge.artifact.manifest import ManifestError
 
     m = read_manifest(artifact_copy)
     with pytest.raises(ManifestError, match="size 20 bytes, the manifest says 25"):

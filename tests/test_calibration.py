@@ -8,8 +8,9 @@ import pytest
 
 from sid_edge.calibration.calibration_set import build_calibration_set, default_calibration_size
 from sid_edge.calibration.selection import allocate, exclude_image_ids, select_stratified
-from sid_edge.datasets import LabelledImage, read_labelled_images
-from sid_edge.imageio import Preprocessing, load_and_preprocess
+from sid_edge.tools.datasets import LabelledImage, read_labelled_images
+from sid_edge.runtime.images import load_and_preprocess
+from sid_edge.artifact.preprocessing import Preprocessing
 
 SPEC = Preprocessing(size=32, mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))
 
@@ -87,7 +88,7 @@ def test_calibration_set_is_preprocessed_like_the_runtime_and_cached(synthclic_d
 
 
 def test_undecodable_calibration_images_are_recorded_and_skipped(tmp_path):
-    from sid_edge.demo import write_demo_dataset
+    from sid_edge.build.demo_data import write_demo_dataset
 
     root = write_demo_dataset(tmp_path / "d", crops_per_photo=0, n_rendered=4)
     (root / "synthetic" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from sid_edge.cli import main
-from sid_edge.detector import Detector
-from sid_edge.manifest import read_manifest
-from sid_edge.top_concepts import parse_csv_cell
-from sid_edge.vocabulary import load_vocabulary
+from sid_edge.runtime.detector import Detector
+from sid_edge.artifact.manifest import read_manifest
+from sid_edge.runtime.concept_ranking import parse_csv_cell
+from sid_edge.build.vocabulary import load_vocabulary
 from tests.conftest import clip_cues_file
 
 CM_SHA256 = "35f57de4b02a878a0376f6e0d0cbb175f34fc3acb7f99ff2aa4d6e8a04783c4d"
@@ -31,7 +31,7 @@ def reference_directions(backbone, concepts):
 
 
 def photo_pixels(det, photo_dir, n=3):
-    from sid_edge.imageio import load_and_preprocess
+    from sid_edge.runtime.images import load_and_preprocess
 
     return np.stack([load_and_preprocess(p, det.preprocessing) for p in sorted(photo_dir.iterdir())[:n]])
 
@@ -108,8 +108,8 @@ def test_paper_csv_vocabulary_and_bad_files(tiny_backbone, trained_head, tmp_pat
 
 # ---------------------------------------------------------------------------------------------------- concept model
 def test_paper_concept_checkpoint_reproduces_its_logit_formula():
-    from sid_edge.concept_model import ConceptBottleneck
-    from sid_edge.heads import load_head
+    from sid_edge.build.concept_model import ConceptBottleneck
+    from sid_edge.build.heads import load_head
 
     path = clip_cues_file("cm_antonyms_synthclic.ckpt")
     assert hashlib.sha256(path.read_bytes()).hexdigest() == CM_SHA256
@@ -144,7 +144,7 @@ def test_paper_concept_checkpoint_refused_on_a_smaller_backbone(tiny_backbone, t
 
 
 def test_concept_model_trains_and_sparsity_lowers_active_gates(demo_features, concept_directions):
-    from sid_edge.concept_model import ConceptTrainConfig, train_concept_model
+    from sid_edge.build.concept_model import ConceptTrainConfig, train_concept_model
 
     feats, labels = demo_features
     _, directions = concept_directions
@@ -161,7 +161,7 @@ def test_concept_model_trains_and_sparsity_lowers_active_gates(demo_features, co
 
 
 def test_gates_are_binary_concrete_while_training_and_sigmoid_at_inference(concept_head, demo_features):
-    from sid_edge.heads import load_head
+    from sid_edge.build.heads import load_head
 
     model, _ = load_head(concept_head)
     x = torch.from_numpy(demo_features[0].embedding)
@@ -178,7 +178,7 @@ def test_gates_are_binary_concrete_while_training_and_sigmoid_at_inference(conce
 
 
 def test_concept_head_files_round_trip(concept_head):
-    from sid_edge.heads import load_head
+    from sid_edge.build.heads import load_head
 
     model, cfg = load_head(concept_head)
     raw = json.loads((concept_head / "head.json").read_text())
@@ -190,7 +190,7 @@ def test_concept_head_files_round_trip(concept_head):
 
 # ---------------------------------------------------------------------------------------------------- graphs
 def test_concept_model_outputs_in_the_graph(concept_artifact, artifact, concept_head, tiny_backbone, photo_dir):
-    from sid_edge.heads import load_head
+    from sid_edge.build.heads import load_head
 
     m = read_manifest(concept_artifact)
     assert [o["name"] for o in m["outputs"]][5:] == ["concept_scores", "concept_logit", "concept_contributions"]
@@ -238,7 +238,7 @@ def test_concept_head_artifact_named_by_the_paper_csv(tiny_backbone, photo_dir, 
     assert m["head"]["kind"] == "concepts" and m["head"]["k"] == c
     # its p_synthetic comes from gated concept scores: no head.npz, evaluation runs its own graph
     assert m["head"]["weights"] is None and not (tmp_path / "det" / "head.npz").exists()
-    from sid_edge.evaluate import load_detector
+    from sid_edge.tools.evaluation.runner import load_detector
 
     under_test = load_detector("cm", tmp_path / "det")
     assert under_test.scoring == "graph" and "'concepts'" in under_test.scoring_reason

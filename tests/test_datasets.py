@@ -2,7 +2,7 @@
 import pytest
 from PIL import Image
 
-from sid_edge.datasets import read_labelled_images
+from sid_edge.tools.datasets import read_labelled_images
 
 
 def _img(path):
@@ -120,8 +120,9 @@ def test_single_parquet_file_is_one_pool(tmp_path):
 
 
 def test_parquet_images_decode_through_the_runtime_pipeline(tmp_path):
-    from sid_edge.imageio import Preprocessing, load_and_preprocess
-    from sid_edge.pipeline import iter_batches
+    from sid_edge.runtime.images import load_and_preprocess
+    from sid_edge.artifact.preprocessing import Preprocessing
+    from sid_edge.runtime.batching import iter_batches
 
     _write_parquet(tmp_path / "data" / "train-0.parquet", _rows(3, "train"))
     items = read_labelled_images(tmp_path, split="train")

@@ -2,7 +2,7 @@
 
 import pytest
 
-import sid_edge.default_detector as dd
+import sid_edge.export.default_detector as dd
 from sid_edge.cli import main
 from tests.conftest import clip_cues_file
 

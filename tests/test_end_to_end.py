@@ -8,7 +8,7 @@ from tests.conftest import CLIP_CUES_SAMPLES
 
 
 def test_train_export_scan_on_real_photographs(tmp_path, capsys):
-    from sid_edge.demo import write_demo_dataset, write_photo_folder
+    from sid_edge.build.demo_data import write_demo_dataset, write_photo_folder
 
     data = write_demo_dataset(tmp_path / "train", samples=CLIP_CUES_SAMPLES, crops_per_photo=2, n_rendered=12)
     photos = write_photo_folder(tmp_path / "photos")

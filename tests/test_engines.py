@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sid_edge.engines import (
+from sid_edge.runtime.tensorrt_engines import (
     BatchProfile,
     GpuEnvironment,
     check_engine,
@@ -194,7 +194,7 @@ def test_detect_environment_without_cuda_python_says_so():
     code = (
         "import sys\n"
         "sys.modules['cuda'] = None; sys.modules['cuda.bindings'] = None; sys.modules['tensorrt'] = None\n"
-        "from sid_edge.engines import detect_environment\n"
+        "from sid_edge.runtime.tensorrt_engines import detect_environment\n"
         "env = detect_environment()\n"
         "print(env.tensorrt_version, env.gpu_name)\n"
         "print('\\n'.join(env.problems))\n"
@@ -208,7 +208,7 @@ def test_detect_environment_without_cuda_python_says_so():
 
 
 def test_engine_builder_module_does_not_import_torch():
-    code = ("import sys\nimport sid_edge.export.engine, sid_edge.backends, sid_edge.tensorrt_backend\n"
+    code = ("import sys\nimport sid_edge.export.engine, sid_edge.runtime.backends, sid_edge.runtime.tensorrt_backend\n"
             "print('torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

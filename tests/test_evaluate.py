@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 from sklearn.metrics import average_precision_score
 
-from sid_edge.datasets import read_labelled_images
-from sid_edge.detector import Detector
-from sid_edge.evaluate import (
+from sid_edge.tools.datasets import read_labelled_images
+from sid_edge.runtime.detector import Detector
+from sid_edge.tools.evaluation.runner import (
     NamedData,
     choose_thresholds,
     evaluate,
@@ -23,8 +23,8 @@ from sid_edge.evaluate import (
     write_report,
     write_threshold,
 )
-from sid_edge.evaluation import threshold_at_fpr
-from sid_edge.manifest import ManifestError, file_entry, read_manifest, write_manifest
+from sid_edge.tools.evaluation.metrics import threshold_at_fpr
+from sid_edge.artifact.manifest import ManifestError, file_entry, read_manifest, write_manifest
 
 GENERATORS = ("progan", "stylegan")
 
@@ -33,7 +33,7 @@ GENERATORS = ("progan", "stylegan")
 def cnnspot_csv(tmp_path_factory) -> Path:
     """A CNNSpot-shaped CSV: each generator's real half carries the generator's name (matched pairing), plus one
     file that is not an image."""
-    from sid_edge.demo import rendered_image, skimage_photographs
+    from sid_edge.build.demo_data import rendered_image, skimage_photographs
 
     root = tmp_path_factory.mktemp("cnnspot")
     photos = list(skimage_photographs().values())
@@ -58,8 +58,8 @@ def linear_artifact(tiny_backbone, cnnspot_csv, tmp_path_factory) -> Path:
     from sklearn.linear_model import LogisticRegression
 
     from sid_edge.export import export_detector
-    from sid_edge.features import extract_features
-    from sid_edge.heads import HeadConfig, LinearHead, save_head
+    from sid_edge.build.features import extract_features
+    from sid_edge.build.heads import HeadConfig, LinearHead, save_head
 
     items = read_labelled_images(cnnspot_csv)
     feats = extract_features(tiny_backbone, [it.image for it in items])
@@ -173,7 +173,7 @@ def test_second_run_reads_the_cache_and_keys_on_image_content(probe_artifact, li
 
 
 def test_an_interrupted_run_keeps_what_it_computed(probe_artifact, cnnspot_csv, tmp_path, monkeypatch):
-    import sid_edge.evaluate as evaluate_module
+    import sid_edge.tools.evaluation.runner as evaluate_module
 
     monkeypatch.setattr(evaluate_module, "CACHE_FLUSH_IMAGES", 8)  # a shard every 8 images (one batch)
     det = [load_detector("a", probe_artifact)]

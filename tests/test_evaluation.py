@@ -1,4 +1,4 @@
-"""Detection metrics, per-generator AP, threshold choice, matrices, plots and reports (sid_edge.evaluation), checked
+"""Detection metrics, per-generator AP, threshold choice, matrices, plots and reports (sid_edge.tools.evaluation.metrics), checked
 against scikit-learn computed independently here."""
 
 import json
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from sid_edge.evaluation import (
+from sid_edge.tools.evaluation.metrics import (
     DetectionMetrics,
     cross_dataset_matrix,
     detection_metrics,

@@ -39,8 +39,8 @@ def test_report_files_one_chart_per_direction(report_dir):
 def test_direction_concepts_match_torch(report_dir, trained_head, tiny_backbone):
     """The aligned/opposed lists equal an independent computation: head weights through visual.proj vs the text
     tower's pair directions."""
-    from sid_edge.heads import load_head
-    from sid_edge.vocabulary import load_vocabulary
+    from sid_edge.build.heads import load_head
+    from sid_edge.build.vocabulary import load_vocabulary
 
     head, _ = load_head(trained_head)
     concepts = load_vocabulary()
@@ -63,7 +63,7 @@ def test_direction_concepts_match_torch(report_dir, trained_head, tiny_backbone)
 
 
 def test_image_reasons_are_the_concept_contributions(report_dir, concept_artifact, photo_dir):
-    from sid_edge.detector import Detector
+    from sid_edge.runtime.detector import Detector
 
     det = Detector.load(concept_artifact)
     (pred,) = det.predict([photo_dir / "coffee.jpg"])

@@ -6,8 +6,8 @@ import onnx
 import pytest
 import torch
 
-from sid_edge.detector import Detector
-from sid_edge.manifest import ManifestError, read_manifest, sha256_file
+from sid_edge.runtime.detector import Detector
+from sid_edge.artifact.manifest import ManifestError, read_manifest, sha256_file
 
 
 def test_manifest_has_what_the_runtime_needs(artifact, tiny_backbone):
@@ -50,7 +50,7 @@ def test_one_graph_with_dynamic_batch_and_named_outputs(artifact):
 @pytest.mark.parametrize("batch", [1, 5])
 def test_onnx_matches_pytorch(artifact, tiny_backbone, trained_head, batch):
     from sid_edge.export import FusedDetector
-    from sid_edge.heads import load_head
+    from sid_edge.build.heads import load_head
 
     head, _ = load_head(trained_head)
     fused = FusedDetector(tiny_backbone, head)
@@ -72,8 +72,8 @@ def test_onnx_matches_pytorch(artifact, tiny_backbone, trained_head, batch):
 
 def test_head_weights_file_reproduces_the_graph(artifact, trained_head):
     # head.npz + the graph's `features` output give the graph's own logit in numpy (what evaluation relies on).
-    from sid_edge.head_weights import load_head_weights
-    from sid_edge.heads import load_head
+    from sid_edge.runtime.numpy_head import load_head_weights
+    from sid_edge.build.heads import load_head
 
     m = read_manifest(artifact)
     w = m["head"]["weights"]
@@ -91,7 +91,7 @@ def test_head_weights_file_reproduces_the_graph(artifact, trained_head):
 
 
 def test_head_weights_file_is_checked(tmp_path):
-    from sid_edge.head_weights import load_head_weights, save_head_weights
+    from sid_edge.runtime.numpy_head import load_head_weights, save_head_weights
 
     good = {"fc.weight": np.ones((1, 8)), "fc.bias": np.zeros(1)}
     save_head_weights(tmp_path, "linear", good)
@@ -113,7 +113,7 @@ def test_head_weights_file_is_checked(tmp_path):
 
 def test_head_backbone_dimension_mismatch_is_refused(tiny_backbone, tmp_path):
     from sid_edge.export import export_detector
-    from sid_edge.heads import HeadConfig, OrthogonalHead, save_head
+    from sid_edge.build.heads import HeadConfig, OrthogonalHead, save_head
 
     save_head(OrthogonalHead(1024, 8), HeadConfig(kind="orthogonal", k=8, feature_dim=1024), tmp_path / "h")
     with pytest.raises(ValueError, match="1024-d"):
@@ -206,7 +206,7 @@ def test_cli_export_and_info(trained_head, tmp_path, capsys):
 def test_export_in_a_new_process_rebuilds_the_same_random_backbone(trained_head, tmp_path, caplog):
     # train and export are separate processes: with random weights the fixed seed must give the same backbone,
     # and a head from other weights is called out.
-    from sid_edge.backbone import load_backbone
+    from sid_edge.build.backbone import load_backbone
     from sid_edge.export import export_detector
 
     with caplog.at_level("WARNING"):

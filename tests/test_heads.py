@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sid_edge.heads import HeadConfig, LinearHead, OrthogonalHead, load_clip_cues_checkpoint, load_head, save_head
+from sid_edge.build.heads import HeadConfig, LinearHead, OrthogonalHead, load_clip_cues_checkpoint, load_head, save_head
 from tests.conftest import clip_cues_file
 
 
@@ -52,8 +52,8 @@ def test_clip_cues_checkpoints_import(name, kind, k):
 
 
 def test_clip_cues_sha256_of_shared_fixture():
-    from sid_edge.default_detector import HEAD_SHA256
-    from sid_edge.manifest import sha256_file
+    from sid_edge.export.default_detector import HEAD_SHA256
+    from sid_edge.artifact.manifest import sha256_file
 
     assert sha256_file(clip_cues_file("clip_orthogonal_synthclic.ckpt")) == HEAD_SHA256
 

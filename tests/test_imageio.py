@@ -1,4 +1,4 @@
-"""Tests for sid_edge.imageio: decoding of every encoding and bad file, preprocessing parity with open_clip,
+"""Tests for sid_edge.runtime.images: decoding of every encoding and bad file, preprocessing parity with open_clip,
 discovery of image files. Fixture files are written into tmp_path."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from sid_edge.imageio import (
+from sid_edge.runtime.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     ImageDecodeError,
@@ -662,7 +662,7 @@ def test_discover_then_decode_unicode(tmp_path):
 def test_import_does_not_pull_torch():
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     out = subprocess.run(
-        [sys.executable, "-c", "import sys, sid_edge.imageio; print('torch' in sys.modules, 'open_clip' in sys.modules)"],
+        [sys.executable, "-c", "import sys, sid_edge.runtime.images; print('torch' in sys.modules, 'open_clip' in sys.modules)"],
         cwd=REPO,
         env=env,
         capture_output=True,

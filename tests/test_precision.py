@@ -9,8 +9,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from sid_edge.detector import Detector
-from sid_edge.manifest import read_manifest, sha256_file
+from sid_edge.runtime.detector import Detector
+from sid_edge.artifact.manifest import read_manifest, sha256_file
 
 
 def _ops(path) -> Counter:
@@ -104,7 +104,7 @@ def test_calibration_images_are_recorded_and_held_out(precision_artifact, synthc
     assert cal["images"] == 64 and cal["split"] == "train" and cal["by_label"] == {"real": 32, "synthetic": 32}
     assert set(cal["by_source"]) == {"real", "sdxl", "dalle3", "midjourney"}
     from sid_edge.calibration.selection import select_stratified
-    from sid_edge.datasets import read_labelled_images
+    from sid_edge.tools.datasets import read_labelled_images
 
     drawn = select_stratified(read_labelled_images(synthclic_dir, split="train"), 64, seed=0)  # the same draw again
     assert cal["image_ids"] == sorted({it.image_id for it in drawn})
@@ -114,10 +114,10 @@ def test_calibration_images_are_recorded_and_held_out(precision_artifact, synthc
 
 def test_held_out_set_excludes_calibration_image_ids(tmp_path):
     from sid_edge.calibration.fidelity import held_out_set
-    from sid_edge.demo import write_demo_dataset
+    from sid_edge.build.demo_data import write_demo_dataset
 
     root = write_demo_dataset(tmp_path / "d", crops_per_photo=1, n_rendered=6)  # no splits: one pool
-    from sid_edge.datasets import read_labelled_images
+    from sid_edge.tools.datasets import read_labelled_images
 
     pool = read_labelled_images(root)
     excluded = [pool[0].image_id, pool[-1].image_id]
@@ -131,7 +131,7 @@ def test_held_out_set_excludes_calibration_image_ids(tmp_path):
 def test_other_calibration_methods(probe_artifact, synthclic_dir, tmp_path, method):
     from sid_edge.calibration.calibration_set import build_calibration_set
     from sid_edge.calibration.int8 import quantize_int8
-    from sid_edge.imageio import Preprocessing
+    from sid_edge.artifact.preprocessing import Preprocessing
 
     spec = Preprocessing.from_dict(read_manifest(probe_artifact)["preprocessing"])
     cal = build_calibration_set(synthclic_dir, spec, size=16, cache_dir=tmp_path)

@@ -41,7 +41,7 @@ def test_paper_table(paper):
 
 
 def test_pipeline_on_fixture_corpora(paper, tmp_path, capsys):
-    from sid_edge.demo import write_synthclic_parquet
+    from sid_edge.build.demo_data import write_synthclic_parquet
 
     pairs = {"train": 12, "validation": 6, "test": 6}
     sc = write_synthclic_parquet(tmp_path / "synthclic", pairs, seed=1)

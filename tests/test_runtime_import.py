@@ -16,9 +16,9 @@ def test_import_sid_edge_does_not_import_torch():
     r = run_python("""
         import sys, sid_edge
         from sid_edge import Detector, Prediction
-        import sid_edge.cli, sid_edge.scan, sid_edge.detector, sid_edge.imageio, sid_edge.manifest, sid_edge.datasets
-        import sid_edge.explain, sid_edge.top_concepts, sid_edge.evaluate, sid_edge.evaluation, sid_edge.head_weights
-        import sid_edge.image_cache
+        import sid_edge.cli, sid_edge.runtime.scan, sid_edge.runtime.detector, sid_edge.runtime.images, sid_edge.artifact.manifest, sid_edge.tools.datasets
+        import sid_edge.tools.explain, sid_edge.runtime.concept_ranking, sid_edge.tools.evaluation.runner, sid_edge.tools.evaluation.metrics, sid_edge.runtime.numpy_head
+        import sid_edge.tools.caches
         print(*(name in sys.modules for name in ('torch', 'open_clip', 'onnx', 'modelopt', 'datasets')))
     """)
     assert r.returncode == 0, r.stderr

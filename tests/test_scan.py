@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from sid_edge.cli import main
-from sid_edge.detector import Detector
+from sid_edge.runtime.detector import Detector
 from tests.conftest import CLIP_CUES_SAMPLES
 
 
@@ -29,7 +29,7 @@ def reference_p_synthetic(backbone, head_dir, paths):
     """open_clip's own transform on PIL images + the PyTorch backbone and head: the training-time reference."""
     import open_clip
 
-    from sid_edge.heads import load_head
+    from sid_edge.build.heads import load_head
 
     head, _ = load_head(head_dir)
     pre = backbone.preprocessing
@@ -201,11 +201,12 @@ def test_scan_creates_the_output_folder(artifact, photo_dir, tmp_path):
 
 def test_error_messages_keep_square_brackets(capsys, monkeypatch):
     # Messages name extras like 'sid-edge[tensorrt]'; rich markup must not eat the brackets.
-    import sid_edge.cli as cli
+    import sid_edge.cli.info as info
+    from sid_edge.cli.common import ModelError
 
     def boom(args):
-        raise cli.ModelError("pip install 'sid-edge[tensorrt]'")
+        raise ModelError("pip install 'sid-edge[tensorrt]'")
 
-    monkeypatch.setattr(cli, "cmd_info", boom)
+    monkeypatch.setattr(info, "run", boom)
     assert main(["info", "x"]) == 3
     assert "sid-edge[tensorrt]" in capsys.readouterr().err

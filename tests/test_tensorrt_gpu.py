@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from sid_edge.engines import BatchProfile, detect_environment
+from sid_edge.runtime.tensorrt_engines import BatchProfile, detect_environment
 
 ENV = detect_environment()
 pytestmark = pytest.mark.skipif(
@@ -26,7 +26,7 @@ def built(artifact, tmp_path_factory):
 
 
 def test_engine_is_recorded_with_profile_versions_and_hash(built):
-    from sid_edge.manifest import read_manifest, sha256_file
+    from sid_edge.artifact.manifest import read_manifest, sha256_file
 
     d, entry = built
     m = read_manifest(d)
@@ -39,7 +39,7 @@ def test_engine_is_recorded_with_profile_versions_and_hash(built):
 
 def test_rebuild_reuses_the_timing_cache_and_replaces_the_entry(built):
     from sid_edge.export.engine import build_engine
-    from sid_edge.manifest import read_manifest
+    from sid_edge.artifact.manifest import read_manifest
 
     d, first = built
     second = build_engine(d, "fp32", profile=BatchProfile(2, 4, 8), optimization_level=1, progress=False)
@@ -48,7 +48,7 @@ def test_rebuild_reuses_the_timing_cache_and_replaces_the_entry(built):
 
 
 def test_tensorrt_backend_matches_onnx_runtime_cpu_across_split_and_padded_batches(built, photo_dir):
-    from sid_edge.detector import Detector
+    from sid_edge.runtime.detector import Detector
 
     d, _ = built
     trt = Detector.load(d, backend="tensorrt")
@@ -70,9 +70,9 @@ def test_tensorrt_backend_matches_onnx_runtime_cpu_across_split_and_padded_batch
 
 
 def test_engine_from_another_release_is_refused_and_falls_back_when_allowed(built, tmp_path):
-    from sid_edge.backends import BackendUnavailable
-    from sid_edge.detector import Detector
-    from sid_edge.manifest import read_manifest, write_manifest
+    from sid_edge.runtime.backends import BackendUnavailable
+    from sid_edge.runtime.detector import Detector
+    from sid_edge.artifact.manifest import read_manifest, write_manifest
 
     d = tmp_path / "other"
     shutil.copytree(built[0], d)

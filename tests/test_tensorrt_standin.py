@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from sid_edge.engines import BatchProfile
-from sid_edge.imageio import load_and_preprocess
+from sid_edge.runtime.tensorrt_engines import BatchProfile
+from sid_edge.runtime.images import load_and_preprocess
 from tests import trt_standin
 
 
@@ -33,7 +33,7 @@ def executed(calls):
 
 def test_build_engine_asks_for_a_strongly_typed_network_profile_and_cache(standin, artifact_copy):
     from sid_edge.export.engine import build_engine
-    from sid_edge.manifest import read_manifest, sha256_file
+    from sid_edge.artifact.manifest import read_manifest, sha256_file
 
     calls, _ = standin
     entry = build_engine(artifact_copy, "fp32", profile=BatchProfile(2, 4, 8), workspace_bytes=1 << 30,
@@ -92,7 +92,7 @@ def test_build_without_timing_cache_leaves_none(standin, artifact_copy):
 
 
 def test_detector_on_the_engine_splits_pads_and_returns_every_output(standin, artifact_copy, photo_dir):
-    from sid_edge.detector import Detector
+    from sid_edge.runtime.detector import Detector
     from sid_edge.export.engine import build_engine
 
     calls, allocations = standin
@@ -123,8 +123,8 @@ def test_detector_on_the_engine_splits_pads_and_returns_every_output(standin, ar
 
 
 def test_fp16_engine_input_is_cast_on_the_host(standin, plain_artifact, tmp_path):
-    from sid_edge.manifest import read_manifest
-    from sid_edge.tensorrt_backend import TensorRTBackend
+    from sid_edge.artifact.manifest import read_manifest
+    from sid_edge.runtime.tensorrt_backend import TensorRTBackend
 
     spec = {"input_dtype": "float16", "min": 1, "opt": 2, "max": 4, "size": 64, "k": 4, "e": 32}
     path = tmp_path / "fp16.engine"
@@ -141,10 +141,10 @@ def test_fp16_engine_input_is_cast_on_the_host(standin, plain_artifact, tmp_path
 
 
 def test_engine_that_does_not_deserialize_is_refused_or_skipped(standin, artifact_copy, caplog):
-    from sid_edge.backends import BackendUnavailable
-    from sid_edge.detector import Detector
+    from sid_edge.runtime.backends import BackendUnavailable
+    from sid_edge.runtime.detector import Detector
     from sid_edge.export.engine import build_engine
-    from sid_edge.manifest import file_entry, read_manifest, write_manifest
+    from sid_edge.artifact.manifest import file_entry, read_manifest, write_manifest
 
     entry = build_engine(artifact_copy, "fp32", progress=False)
     # Same recorded versions, but the plan inside is not one this TensorRT can load.

@@ -5,8 +5,8 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from sid_edge.heads import orthogonality_penalty
-from sid_edge.train import TrainConfig, stratified_split, train_head
+from sid_edge.build.heads import orthogonality_penalty
+from sid_edge.build.training import TrainConfig, stratified_split, train_head
 
 
 def correlated_features(n=400, d=64, seed=0):
@@ -93,7 +93,7 @@ def test_linear_head_trains():
 
 def test_cli_train_writes_head_and_reports_ap(demo_data, tmp_path, capsys):
     from sid_edge.cli import main
-    from sid_edge.heads import load_head
+    from sid_edge.build.heads import load_head
 
     out = tmp_path / "head"
     rc = main(["train", "--data", str(demo_data), "--out", str(out), "--clip-model", "sid-edge-tiny",
@@ -115,8 +115,8 @@ def test_cli_train_rejects_bad_head_dim(demo_data, tmp_path):
 
 
 def test_features_are_cached(tiny_backbone, demo_data, tmp_path, monkeypatch):
-    from sid_edge.datasets import read_labelled_images
-    from sid_edge.features import extract_features
+    from sid_edge.tools.datasets import read_labelled_images
+    from sid_edge.build.features import extract_features
 
     paths = [it.path for it in read_labelled_images(demo_data)][:6]
     first = extract_features(tiny_backbone, paths, cache_dir=tmp_path)
@@ -130,8 +130,8 @@ def test_features_are_cached(tiny_backbone, demo_data, tmp_path, monkeypatch):
 
 
 def test_features_of_parquet_images_match_files_and_are_cached(tiny_backbone, synthclic_dir, tmp_path):
-    from sid_edge.datasets import read_labelled_images
-    from sid_edge.features import extract_features
+    from sid_edge.tools.datasets import read_labelled_images
+    from sid_edge.build.features import extract_features
 
     items = read_labelled_images(synthclic_dir, split="test")
     refs = extract_features(tiny_backbone, [it.image for it in items], cache_dir=tmp_path)

@@ -1,4 +1,4 @@
-"""Tests for sid_edge.vocabulary: the packaged concept vocabulary and the torch-free CSV loader."""
+"""Tests for sid_edge.build.vocabulary: the packaged concept vocabulary and the torch-free CSV loader."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from sid_edge.vocabulary import Concept, concept_prompts, default_vocabulary_path, load_vocabulary
+from sid_edge.build.vocabulary import Concept, concept_prompts, default_vocabulary_path, load_vocabulary
 
 REQUIRED_CATEGORIES = (
     "colour",
@@ -222,7 +222,7 @@ def test_concept_prompts_on_packaged_vocabulary_are_aligned():
 def test_import_does_not_pull_in_torch():
     code = (
         "import sys\n"
-        "import sid_edge.vocabulary as v\n"
+        "import sid_edge.build.vocabulary as v\n"
         "assert len(v.load_vocabulary()) >= 100\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip', 'torchvision'))\n"
         "assert not bad, bad\n"

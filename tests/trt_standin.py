@@ -275,7 +275,7 @@ def make_tensorrt(calls: list) -> types.ModuleType:
 
 def install(monkeypatch) -> tuple[list, dict]:
     """Put the stand-ins in ``sys.modules`` (undone by monkeypatch). Returns (calls, allocations)."""
-    import sid_edge.engines as engines
+    import sid_edge.runtime.tensorrt_engines as engines
 
     calls, allocations = [], {}
     cudart = make_cudart(allocations)

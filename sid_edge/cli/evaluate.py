@@ -1,0 +1,171 @@
+"""`sid-edge evaluate`: AP/mAP per dataset and generator, the detector x dataset matrix, thresholds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sid_edge.cli.common import (
+    BACKEND_CHOICES,
+    EXIT_OK,
+    ModelError,
+    PRECISIONS,
+    UsageError,
+    console,
+    stdout_console,
+)
+
+
+
+def add_parser(sub) -> None:
+    v = sub.add_parser("evaluate", help="AP per dataset and generator, the cross-dataset matrix, plots, thresholds",
+                       description="Score labelled datasets with one or more detector artifacts and report, for each "
+                                   "pair: mAP (mean per-generator AP, the paper's metric) and pooled AP, accuracy and "
+                                   "balanced accuracy at the artifact's threshold, real and synthetic accuracy, and AP per "
+                                   "generator (source) against the real images; with several artifacts, the detector x "
+                                   "dataset matrix. Writes REPORT_DIR/report.md, report.json, scores.csv and PNG plots. "
+                                   "Backbone features are computed once per dataset and backbone and shared by every "
+                                   "FP32 orthogonal/linear head (cached by image content). No PyTorch needed; needs "
+                                   "scikit-learn and matplotlib (pip install 'sid-edge[evaluate]').")
+    v.add_argument("models", nargs="+", metavar="DIR",
+                   help="detector artifacts; NAME=DIR names one (default name: the folder's)")
+    v.add_argument("--data", nargs="+", default=[], metavar="DATA",
+                   help="labelled datasets (folder, CSV, parquet, save_to_disk folder, hf:OWNER/NAME); NAME=DATA names "
+                        "one (default name: the path's stem)")
+    v.add_argument("--split", default="test", help="split to evaluate (datasets without splits are used whole; default: %(default)s)")
+    v.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="model variant of every artifact (default: each artifact's default, fp32 when present)")
+    v.add_argument("--out", default="evaluation", metavar="REPORT_DIR", help="report folder, created or updated (default: %(default)s)")
+    v.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default: %(default)s)")
+    v.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help="inference backend (default: %(default)s)")
+    v.add_argument("--workers", type=int, default=None, help="decoder threads (default: one per core, at least 2)")
+    v.add_argument("--pairing", default="auto", choices=["auto", "shared", "matched"],
+                   help="real images each generator's AP is computed against: all of the split (shared), those of the "
+                        "same source (matched, CNNSpot's convention), or matched when real images carry generator "
+                        "names as their source (auto, default)")
+    v.add_argument("--no-cache", action="store_true", help="neither read nor write the per-image cache")
+    v.add_argument("--no-progress", action="store_true", help="no progress bars")
+    th = v.add_argument_group("threshold at a target false-positive rate")
+    th.add_argument("--threshold-from", default=None, metavar="DATA",
+                    help="choose each artifact's threshold so that at most --target-fpr of DATA's real images are "
+                         "flagged; the evaluation then uses it (--data may be omitted)")
+    th.add_argument("--threshold-split", default="validation", metavar="SPLIT",
+                    help="split of --threshold-from DATA (default: %(default)s; never choose it on the test split)")
+    th.add_argument("--target-fpr", type=float, default=0.01, metavar="RATE",
+                    help="false-positive rate on real images, in [0, 1] (default: %(default)s)")
+    th.add_argument("--write-threshold", action="store_true",
+                    help="write the chosen threshold into each artifact's manifest (recording data, split, target FPR "
+                         "and counts)")
+
+
+def run(args) -> int:
+    from sid_edge.tools.datasets import read_labelled_images
+    from sid_edge.artifact.manifest import ManifestError
+
+    if not args.data and not args.threshold_from:
+        raise UsageError("nothing to do: give --data DATA… to evaluate on, or --threshold-from DATA to set thresholds")
+    if args.write_threshold and not args.threshold_from:
+        raise UsageError("--write-threshold needs --threshold-from DATA")
+    if not 0.0 <= args.target_fpr <= 1.0:
+        raise UsageError(f"--target-fpr {args.target_fpr}: must be in [0, 1]")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
+    try:
+        import matplotlib  # noqa: F401  (clear messages instead of a traceback after minutes of scoring)
+        import sklearn  # noqa: F401
+
+        from sid_edge.tools.evaluation import runner as ev
+    except ImportError as e:
+        raise UsageError(f"sid-edge evaluate needs scikit-learn and matplotlib: pip install 'sid-edge[evaluate]' ({e})") from e
+    from sid_edge.runtime.progress import progress_tasks
+
+    try:
+        models = ev.parse_named(args.models, "detector")
+        datasets = [ev.NamedData(n, d) for n, d in ev.parse_named(args.data, "dataset")]
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    checks = [(d.data, args.split) for d in datasets]
+    if args.threshold_from:
+        checks.append((args.threshold_from, args.threshold_split))
+    for data, split in checks:  # fail fast (exit 2) on unreadable data, before any model runs
+        try:
+            read_labelled_images(data, split=split)
+        except (FileNotFoundError, ValueError) as e:
+            raise UsageError(str(e)) from e
+    try:
+        detectors = [ev.load_detector(name, path, args.precision) for name, path in models]
+    except ManifestError as e:
+        raise ModelError(str(e)) from e
+    for d in detectors:
+        how = "head on shared features" if d.scoring == "features+head" else f"own graph ({d.scoring_reason})"
+        console.print(f"{d.name}: {d.directory} ({d.precision}), {how}, threshold {d.threshold:g}", highlight=False)
+    options = dict(batch_size=args.batch_size, backend=args.backend, workers=args.workers,
+                   use_cache=not args.no_cache)
+    try:
+        with progress_tasks(enabled=False if args.no_progress else None) as new_task:
+            thresholds = None
+            if args.threshold_from:
+                name = ev.default_name(args.threshold_from)
+                choices = ev.choose_thresholds(detectors, ev.NamedData(name, args.threshold_from),
+                                               split=args.threshold_split, target_fpr=args.target_fpr,
+                                               progress=new_task, **options)
+                thresholds = {k: c.threshold for k, c in choices.items()}
+            result = ev.evaluate(detectors, datasets, split=args.split, thresholds=thresholds, pairing=args.pairing,
+                                 progress=new_task, **options) if datasets else None
+    except (ManifestError, ValueError, RuntimeError) as e:  # BackendUnavailable is a ValueError
+        raise ModelError(str(e)) from e
+    out = stdout_console()
+    if args.threshold_from:
+        out.print(_threshold_table(choices.values()))
+        if args.write_threshold:
+            for d in detectors:
+                path = ev.write_threshold(d, choices[d.name])
+                console.print(f"threshold {choices[d.name].threshold:.6g} written to {path}", highlight=False)
+    if result is None:
+        return EXIT_OK
+    result.threshold_choices = choices if args.threshold_from else {}
+    out.print(_matrix_table(result))
+    out.print(_metrics_table(result))
+    for key, s in result.scored.items():
+        for line in s.notes()[:-1]:  # exclusions and failures; where scores came from is in the report
+            console.print(f"[yellow]{key[0]} on {key[1]}:[/] {line}", highlight=False)
+    files = ev.write_report(result, args.out)
+    console.print(f"report written to {Path(args.out) / 'report.md'} (+ report.json, scores.csv, "
+                  f"{sum(name.endswith('.png') for name in files)} plots)", highlight=False)
+    return EXIT_OK
+
+
+def _threshold_table(choices):
+    from rich.table import Table
+
+    table = Table("detector", "threshold", "target FPR", "FPR reached", "TPR", "real", "synthetic",
+                  title="Thresholds at the target false-positive rate on real images")
+    for c in choices:
+        table.add_row(c.detector, f"{c.threshold:.6g}", f"{c.target_fpr:g}", f"{c.achieved_fpr:.4f}",
+                      "–" if c.tpr != c.tpr else f"{c.tpr:.4f}", str(c.n_real), str(c.n_synthetic))
+    return table
+
+
+def _fmt3(v) -> str:
+    return "–" if v is None or v != v else f"{v:.3f}"
+
+
+def _matrix_table(result):
+    from rich.table import Table
+
+    table = Table("detector", *result.datasets, title="mAP (pooled AP), detector × dataset")
+    maps, aps = result.matrix("map"), result.matrix("ap")
+    for i, det in enumerate(result.detectors):
+        table.add_row(det, *(f"{_fmt3(maps[i, j])} ({_fmt3(aps[i, j])})" for j in range(len(result.datasets))))
+    return table
+
+
+def _metrics_table(result):
+    from rich.table import Table
+
+    table = Table("detector", "dataset", "n", "real", "synth.", "mAP", "AP", "acc.", "bal. acc.", "real acc.",
+                  "synth. acc.", "threshold", title=f"Metrics (split {result.split}) at each detector's threshold")
+    for (det, ds), m in result.metrics.items():
+        table.add_row(det, ds, str(m.n), str(m.n_real), str(m.n_synthetic), _fmt3(m.map), _fmt3(m.ap),
+                      _fmt3(m.accuracy), _fmt3(m.balanced_accuracy), _fmt3(m.real_accuracy),
+                      _fmt3(m.synthetic_accuracy), f"{m.threshold:.4g}")
+    return table

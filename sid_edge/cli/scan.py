@@ -1,0 +1,81 @@
+"""`sid-edge scan`: score every image under the given files and folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sid_edge.cli.common import (
+    BACKEND_CHOICES,
+    EXIT_OK,
+    ModelError,
+    UsageError,
+    console,
+    count,
+)
+
+
+
+def add_parser(sub) -> None:
+    s = sub.add_parser("scan", help="score every image under the given files/folders",
+                       description="Recursively discover images and score them in batches. One row per file: path, "
+                                   "p_synthetic, prediction, error. Bad files get a reason in `error`; the scan goes on.")
+    s.add_argument("paths", nargs="+", metavar="PATH")
+    s.add_argument("--model", default=None, metavar="DIR", help="detector artifact (default: the default detector, built once and cached)")
+    s.add_argument("--out", default=None, metavar="FILE", help="results.csv or results.jsonl (default: CSV on stdout)")
+    s.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default: %(default)s)")
+    s.add_argument("--threshold", type=float, default=None, help="override the artifact's threshold on p_synthetic")
+    s.add_argument("--precision", default=None, metavar="P",
+                   help="model variant in the artifact: fp32, fp16 or int8 (default: the artifact's default, fp32 when present)")
+    s.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                   help="inference backend: auto takes the fastest available (a TensorRT engine that fits this GPU, "
+                        "else ONNX Runtime CUDA, else CPU) and says which (default: %(default)s)")
+    s.add_argument("--allow-fallback", action="store_true",
+                   help="if the requested backend cannot run here, use ONNX Runtime instead of stopping")
+    s.add_argument("--workers", type=int, default=None, help="decoder threads (default: one per core, at least 2)")
+    s.add_argument("--max-pixels", type=int, default=None, help="refuse images with more pixels (decompression bombs)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--top-concepts", type=int, default=3, metavar="N",
+                   help="top concepts per row when the artifact has a vocabulary: by |contribution| with a concept "
+                        "model, else by |concept score|; 0 for none (default: %(default)s)")
+
+
+
+def run(args) -> int:
+    from sid_edge.runtime.detector import Detector
+    from sid_edge.runtime.images import DEFAULT_MAX_PIXELS
+    from sid_edge.artifact.manifest import ManifestError
+    from sid_edge.runtime.scan import scan
+
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
+    if args.top_concepts < 0:
+        raise UsageError(f"--top-concepts {args.top_concepts}: must be >= 0")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise UsageError(f"--threshold {args.threshold}: must be in [0, 1] (it applies to p_synthetic)")
+    missing = [p for p in args.paths if not Path(p).exists() and not Path(p).is_symlink()]
+    if missing:
+        raise UsageError("no such file or folder: " + ", ".join(missing))
+    model_dir = args.model
+    if model_dir is None:
+        from sid_edge.export.default_detector import DefaultDetectorUnavailable, ensure_default_detector
+
+        try:
+            model_dir = ensure_default_detector()
+        except DefaultDetectorUnavailable as e:
+            raise ModelError(str(e)) from e
+    try:
+        det = Detector.load(model_dir, precision=args.precision, backend=args.backend, threshold=args.threshold,
+                            allow_fallback=args.allow_fallback)
+    except (ManifestError, ValueError) as e:  # BackendUnavailable is a ValueError
+        raise ModelError(str(e)) from e
+    console.print(f"backend: {det.backend_choice.describe()}", highlight=False)
+    progress = False if args.no_progress else None
+    summary = scan(args.paths, det, out=args.out, batch_size=args.batch_size, workers=args.workers,
+                   max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, progress=progress, top_concepts=args.top_concepts)
+    console.print(
+        f"{count(summary.files, 'file')}: {summary.scored} scored ({summary.synthetic} synthetic at threshold "
+        f"{det.threshold:g}), {count(summary.errors, 'error')}; {summary.images_per_second:.1f} images/s on {det.backend}"
+        + (f"; results in {args.out}" if args.out else ""),
+        highlight=False,
+    )
+    return EXIT_OK

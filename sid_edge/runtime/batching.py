@@ -1,0 +1,114 @@
+"""Decode and preprocess images in worker threads, in order, in batches (torch-free).
+
+Pillow releases the GIL while decoding and resampling, and ONNX Runtime / torch release it while computing, so a
+small thread pool keeps decoding of the next batches running while the current one is inferred.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from sid_edge.runtime.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_and_preprocess, preprocess
+from sid_edge.artifact.preprocessing import Preprocessing
+
+
+@dataclass
+class Item:
+    """One input after preprocessing: ``pixels`` float32 [3,S,S], or ``error`` (a reason) when it failed."""
+
+    index: int
+    source: object
+    pixels: np.ndarray | None
+    error: str | None
+
+
+@dataclass
+class Batch:
+    """Consecutive items; ``pixel_values`` stacks the good ones as float32 [n_ok,3,S,S] (None if none are good)."""
+
+    items: list[Item]
+
+    @property
+    def ok(self) -> list[Item]:
+        return [it for it in self.items if it.error is None]
+
+    @property
+    def pixel_values(self) -> np.ndarray | None:
+        good = self.ok
+        return np.stack([it.pixels for it in good]) if good else None
+
+
+def default_workers() -> int:
+    """Decoder threads: one per core, at least 2 so decoding overlaps inference even on small machines."""
+    return max(2, os.cpu_count() or 2)
+
+
+def _load(index: int, source, spec: Preprocessing, max_pixels: int) -> Item:
+    try:
+        # A lazy reference into a parquet/arrow dataset (sid_edge.tools.datasets.ImageRef): read its bytes here, in the
+        # worker thread, so that reading overlaps inference like decoding does.
+        encoded = source.resolve_image() if hasattr(source, "resolve_image") else source
+        if isinstance(encoded, (str, os.PathLike, bytes)):
+            pixels = load_and_preprocess(encoded, spec, max_pixels=max_pixels)
+        else:  # an in-memory image (PIL or HxWx3 uint8 RGB array)
+            pixels = preprocess(source, spec)
+        return Item(index, source, pixels, None)
+    except ImageDecodeError as e:
+        return Item(index, source, None, e.reason)
+    except (ValueError, OSError, MemoryError) as e:  # last line of defence: one bad image never stops a run
+        return Item(index, source, None, f"{type(e).__name__}: {e}")
+
+
+def iter_batches(
+    sources: Iterable,
+    spec: Preprocessing,
+    batch_size: int,
+    *,
+    workers: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    prefetch_batches: int = 2,
+) -> Iterator[Batch]:
+    """Yield batches of preprocessed items in input order, decoding ahead in ``workers`` threads.
+
+    Args:
+        sources: paths (str/PathLike), encoded bytes, lazy dataset references (anything with ``resolve_image()``
+            returning bytes or a path, see :class:`sid_edge.tools.datasets.ImageRef`), or in-memory images (PIL.Image
+            or HxWx3 uint8 RGB ndarray).
+        spec: the preprocessing rule (from the artifact manifest or the backbone).
+        batch_size: items per batch (the last one may be shorter), >= 1.
+        workers: decoder threads (default :func:`default_workers`).
+        max_pixels: decompression-bomb limit passed to the decoder.
+        prefetch_batches: how many batches are decoded ahead of the consumer (bounds memory).
+
+    Errors never escape for a single image: they come back as ``Item.error``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    window = batch_size * (prefetch_batches + 1)
+    with ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="sid-decode") as pool:
+        pending: deque = deque()
+        it = iter(enumerate(sources))
+        exhausted = False
+        batch: list[Item] = []
+        while True:
+            while not exhausted and len(pending) < window:
+                try:
+                    i, src = next(it)
+                except StopIteration:
+                    exhausted = True
+                    break
+                pending.append(pool.submit(_load, i, src, spec, max_pixels))
+            if not pending:
+                break
+            batch.append(pending.popleft().result())
+            if len(batch) == batch_size:
+                yield Batch(batch)
+                batch = []
+        if batch:
+            yield Batch(batch)

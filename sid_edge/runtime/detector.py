@@ -1,0 +1,200 @@
+"""The runtime: load a detector artifact and score images (torch-free; numpy, Pillow, ONNX Runtime or TensorRT).
+
+    >>> det = Detector.load("my-detector")                      # verifies manifest and sha256 first
+    >>> results = det.predict(["a.jpg", rgb_array])            # paths or HxWx3 uint8 arrays in RGB order
+    >>> results[0].p_synthetic, results[0].prediction
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from sid_edge.runtime.backends import BACKEND_CHOICES, Backend, BackendChoice, open_backend
+from sid_edge.runtime.images import DEFAULT_MAX_PIXELS
+from sid_edge.artifact.preprocessing import Preprocessing
+from sid_edge.artifact.manifest import read_manifest
+from sid_edge.runtime.batching import Batch, iter_batches
+from sid_edge.runtime.concept_ranking import DEFAULT_TOP_CONCEPTS, ConceptHit, concept_names, top_concepts
+
+log = logging.getLogger(__name__)
+
+BACKENDS = BACKEND_CHOICES
+
+
+@dataclass
+class Prediction:
+    """One image's result.
+
+    ``p_synthetic`` in [0,1] (sigmoid of ``logit``); ``prediction`` is "synthetic" when p_synthetic >= threshold,
+    else "real"; ``head_activations`` float32 [k]. For an image that could not be decoded, the scores are None,
+    ``prediction`` is None and ``error`` says why.
+
+    Artifacts with a vocabulary add ``concept_scores`` float32 [C] (cosines, names in ``Detector.concept_names``)
+    and ``top_concepts`` (see :mod:`sid_edge.runtime.concept_ranking`); with a concept model also ``concept_logit`` and
+    ``concept_contributions`` float32 [C] (its per-concept terms; they sum, plus a bias, to concept_logit).
+    """
+
+    source: object
+    p_synthetic: float | None
+    logit: float | None
+    prediction: str | None
+    head_activations: np.ndarray | None = None
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+    concept_scores: np.ndarray | None = None
+    concept_logit: float | None = None
+    concept_contributions: np.ndarray | None = None
+    top_concepts: list[ConceptHit] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Detector:
+    """A loaded detector artifact with an inference backend.
+
+    Build with :meth:`load`. ``threshold`` (on p_synthetic) defaults to the manifest's. ``top_concepts`` (default
+    3) is how many top concepts each Prediction carries when the artifact has a vocabulary; set it before
+    predicting (0 for none; ``concept_scores`` always hold all C).
+    """
+
+    def __init__(self, directory: Path, manifest: dict, backend: Backend, precision: str, threshold: float | None = None,
+                 choice: BackendChoice | None = None):
+        self.directory = directory
+        self.manifest = manifest
+        self.backend = backend  # the Backend object; str(backend) is its name
+        self.backend_choice = choice
+        self.precision = precision
+        self.preprocessing = Preprocessing.from_dict(manifest["preprocessing"])
+        self.threshold = float(manifest["threshold"] if threshold is None else threshold)
+        self.output_names = [o["name"] for o in manifest["outputs"]]
+        #: Concept names in the column order of concept_scores / concept_contributions ([] without a vocabulary).
+        self.concept_names = concept_names(manifest)
+        self.top_concepts = DEFAULT_TOP_CONCEPTS
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | os.PathLike,
+        *,
+        precision: str | None = None,
+        backend: str = "auto",
+        threshold: float | None = None,
+        verify: bool = True,
+        threads: int | None = None,
+        allow_fallback: bool = False,
+    ) -> "Detector":
+        """Load an artifact written by ``sid-edge export``.
+
+        Args:
+            directory: the artifact folder (``manifest.json`` + model files).
+            precision: which model variant to run (``fp32``, ``fp16``, ``int8``); default: the manifest's
+                ``default_precision`` (``fp32`` when the artifact has it).
+            backend: ``auto`` (the fastest available: a TensorRT engine of ``precision`` that fits this GPU and
+                TensorRT, else ONNX Runtime CUDA, else ONNX Runtime CPU), ``tensorrt``, ``cuda`` or ``cpu``.
+                ``backend_choice.describe()`` says which ran and why.
+            threshold: override the manifest's decision threshold on p_synthetic.
+            verify: check the file's size and sha256 against the manifest before loading (a wrong model or
+                engine file is refused before it runs).
+            threads: ONNX Runtime intra-op threads (default: its own choice).
+            allow_fallback: when the explicitly requested backend cannot run here (no TensorRT, no GPU, an engine
+                built for another TensorRT release or GPU architecture), run on ONNX Runtime (CUDA, else CPU)
+                instead of refusing.
+
+        Raises:
+            ManifestError: missing/malformed manifest, missing or altered model file, graph I/O that does not
+                match the manifest. BackendUnavailable (a ValueError): the backend cannot run here and no fallback
+                is allowed; the message says why and how to rebuild. ValueError: unknown backend.
+        """
+        d = Path(directory)
+        manifest = read_manifest(d)
+        precision = precision or default_precision(manifest)
+        runner, choice = open_backend(d, manifest, precision, backend, allow_fallback=allow_fallback,
+                                      verify=verify, threads=threads)
+        if choice.fallback:
+            log.warning("backend %s", choice.describe())
+        return cls(d, manifest, runner, precision, threshold, choice)
+
+    @property
+    def backend_name(self) -> str:
+        """"tensorrt", "onnxruntime-cuda" or "onnxruntime-cpu"."""
+        return self.backend.name
+
+    @property
+    def input_size(self) -> int:
+        """Square input side S of the graph (pixels)."""
+        return self.preprocessing.size
+
+    def run(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the graph on preprocessed pixel_values float32 [B,3,S,S]; returns every output by name
+        (logit [B], p_synthetic [B], head_activations [B,k], ...)."""
+        return self.backend.run(np.ascontiguousarray(pixel_values, dtype=np.float32))
+
+    def label(self, p_synthetic: float) -> str:
+        """"synthetic" if p_synthetic >= threshold else "real"."""
+        return "synthetic" if p_synthetic >= self.threshold else "real"
+
+    def predict_batches(
+        self,
+        sources: Iterable,
+        *,
+        batch_size: int = 8,
+        workers: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> Iterable[list[Prediction]]:
+        """Stream results batch by batch (in input order) while later images decode in worker threads."""
+        for batch in iter_batches(sources, self.preprocessing, batch_size, workers=workers, max_pixels=max_pixels):
+            yield self._score(batch)
+
+    def predict(self, images: Sequence, *, batch_size: int = 8, workers: int | None = None) -> list[Prediction]:
+        """Score images: file paths (str/PathLike), encoded bytes, PIL images, or HxWx3 uint8 numpy arrays in RGB
+        channel order (convert OpenCV's BGR frames with ``frame[..., ::-1]``). Returns one Prediction per input,
+        in order; undecodable inputs get ``error`` set instead of raising."""
+        out: list[Prediction] = []
+        for preds in self.predict_batches(images, batch_size=batch_size, workers=workers):
+            out.extend(preds)
+        return out
+
+    def _score(self, batch: Batch) -> list[Prediction]:
+        results = {}
+        pixels = batch.pixel_values
+        if pixels is not None:
+            outs = self.run(pixels)
+            for j, item in enumerate(batch.ok):
+                p = float(outs["p_synthetic"][j])
+                results[item.index] = self._with_concepts(Prediction(
+                    source=item.source,
+                    p_synthetic=p,
+                    logit=float(outs["logit"][j]),
+                    prediction=self.label(p),
+                    head_activations=outs["head_activations"][j],
+                ), outs, j)
+        return [
+            results.get(it.index) or Prediction(it.source, None, None, None, None, error=it.error)
+            for it in batch.items
+        ]
+
+    def _with_concepts(self, pred: Prediction, outs: dict[str, np.ndarray], j: int) -> Prediction:
+        """Attach row ``j``'s concept outputs and its ``self.top_concepts`` top concepts (when the graph has them)."""
+        if "concept_scores" in outs:
+            pred.concept_scores = outs["concept_scores"][j]
+            if "concept_contributions" in outs:
+                pred.concept_contributions = outs["concept_contributions"][j]
+                pred.concept_logit = float(outs["concept_logit"][j])
+            pred.top_concepts = top_concepts(self.concept_names, pred.concept_scores, pred.concept_contributions,
+                                             self.top_concepts)
+        return pred
+
+def default_precision(manifest: dict) -> str:
+    """The manifest's ``default_precision``; else ``fp32`` when present; else its first model."""
+    models = manifest["models"]
+    if manifest.get("default_precision") in models:
+        return manifest["default_precision"]
+    return "fp32" if "fp32" in models or not models else next(iter(models))
