@@ -91,7 +91,7 @@ def add_precision_variants(artifact: Path, work: Path, model_key: str) -> list[s
     except Exception as e:  # noqa: BLE001 - report and go on with FP32
         say(f"FP16/INT8 variants failed: {type(e).__name__}: {e}")
         return []
-    return [p for p in ("fp16", "int8") if p in manifest["models"]]
+    return [p for p in ("fp16", "int8") if p in manifest.models]
 
 
 # ------------------------------------------------------------------------------------------ measurements
@@ -142,19 +142,18 @@ def torch_eager(artifact_backbone, model_key: str):
 def check_model(model_key: str, work: Path, args, env, report: dict) -> None:
     from sid_edge.runtime.detector import Detector
     from sid_edge.runtime.tensorrt_engines import BatchProfile
-    from sid_edge.artifact.preprocessing import Preprocessing
     from sid_edge.artifact.manifest import read_manifest
 
     rows = report.setdefault("rows", [])
     say(f"== {model_key} ({MODELS[model_key]}, random weights): exporting the fused ONNX graph")
     artifact = export_random(model_key, work / model_key)
     manifest = read_manifest(artifact)
-    spec = Preprocessing.from_dict(manifest["preprocessing"])
+    spec = manifest.preprocessing
     size = spec.size
     pixels = check_images(spec)
-    say(f"exported to {artifact} ({manifest['models']['fp32']['size_bytes'] / 1e6:.0f} MB FP32)")
+    say(f"exported to {artifact} ({manifest.models['fp32'].size_bytes / 1e6:.0f} MB FP32)")
     add_precision_variants(artifact, work / model_key, model_key)
-    precisions = [p for p in ("fp16", "int8", "fp32") if p in read_manifest(artifact)["models"]]
+    precisions = [p for p in ("fp16", "int8", "fp32") if p in read_manifest(artifact).models]
 
     ref = Detector.load(artifact, backend="cpu", precision="fp32")
     p_ref = ref.run(pixels)["p_synthetic"].astype(np.float64)

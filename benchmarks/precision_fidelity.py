@@ -51,7 +51,7 @@ def main(argv=None) -> int:
         shutil.copytree(fp32, out)
         m = add_precision_variants(out, ["fp32", "fp16", "int8"] if i == 0 else ["fp32", "int8"], calibration_data=data,
                                    calibration_size=args.calibration_size, calibration_method=method,
-                                   cache_dir=args.work / "cache")
+                                   cache_dir=args.work / "cache").to_dict()
         rows = [("fp16", "FP16")] if i == 0 else []
         for precision, label in [*rows, ("int8", f"INT8 {method}")]:
             h = m["models"][precision]["fidelity"]["held_out"]

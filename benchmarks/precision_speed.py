@@ -99,7 +99,7 @@ def build_artifact(name: str, work: Path, data: Path, args) -> tuple[Path, dict]
                            cache_dir=work / "cache", say=lambda line: print(f"  [{name}] {line}", flush=True))
     timings["variants_s"] = round(time.perf_counter() - t, 1)
     timings["calibration_images"] = size
-    m = read_manifest(out)
+    m = read_manifest(out).to_dict()
     timings["sizes_mb"] = {p: round(e["size_bytes"] / 1e6, 1) for p, e in m["models"].items()}
     return out, timings
 

@@ -26,24 +26,35 @@ from sid_edge.calibration.fidelity import held_out_set, measure_fidelity
 from sid_edge.calibration.int8 import DEFAULT_CALIBRATION_METHOD, quantize_int8
 from sid_edge.artifact.names import model_file_name as model_file
 from sid_edge.artifact.preprocessing import Preprocessing
-from sid_edge.artifact.manifest import PRECISIONS, file_entry, model_entry, read_manifest, write_manifest
+from sid_edge.artifact.manifest import (
+    PRECISIONS,
+    Calibration,
+    FidelitySet,
+    HeldOut,
+    ModelEntry,
+    artifact_path,
+    file_entry,
+    model_entry,
+    read_manifest,
+    set_models,
+)
 
 log = logging.getLogger(__name__)
 
 
 
-def _entry(directory: Path, precision: str) -> dict:
+def _entry(directory: Path, precision: str, **made: dict) -> ModelEntry:
     name = model_file(precision)
-    entry = {"precision": precision, **file_entry(directory, name)}
+    entry = {"precision": precision, **file_entry(directory, name), **made}
     data_files = sorted(p.name for p in directory.iterdir() if p.name.startswith(name) and p.name != name)
     if data_files:
         entry["external_data"] = [file_entry(directory, n) for n in data_files]
-    return entry
+    return ModelEntry.model_validate(entry)
 
 
-def _remove_model(directory: Path, entry: dict) -> None:
-    for f in [entry, *entry.get("external_data", [])]:
-        (directory / f["file"]).unlink(missing_ok=True)
+def _remove_model(directory: Path, entry: ModelEntry) -> None:
+    for f in entry.files():
+        artifact_path(directory, f.file).unlink(missing_ok=True)
 
 
 def add_precision_variants(
@@ -91,9 +102,10 @@ def add_precision_variants(
     out = Path(artifact_dir)
     manifest = read_manifest(out)
     fp32 = model_entry(manifest, "fp32")
-    fp32_path = out / fp32["file"]
-    external = bool(fp32.get("external_data"))
-    preprocessing = Preprocessing.from_dict(manifest["preprocessing"])
+    fp32_path = artifact_path(out, fp32.file)
+    external = bool(fp32.external_data)
+    preprocessing: Preprocessing = manifest.preprocessing
+    input_name = manifest.input.name
 
     calibration: CalibrationSet = build_calibration_set(
         calibration_data, preprocessing, size=calibration_size, seed=calibration_seed, split=calibration_split,
@@ -102,7 +114,7 @@ def add_precision_variants(
     say(f"calibration set: {len(calibration)} images from {calibration_data}"
         + (" (cached)" if calibration.from_cache else "") + (f", {len(calibration.skipped)} undecodable" if calibration.skipped else ""))
 
-    for precision, entry in manifest["models"].items():  # variants of an earlier run are replaced, not left behind
+    for precision, entry in manifest.models.items():  # variants of an earlier run are replaced, not left behind
         if precision != "fp32":
             _remove_model(out, entry)
     models = {"fp32": fp32}
@@ -110,21 +122,20 @@ def add_precision_variants(
         from sid_edge.export.fp16 import convert_fp16
 
         say("FP16: converting with ModelOpt AutoCast")
-        info = convert_fp16(fp32_path, out / model_file("fp16"), calibration.pixel_values, input_name=manifest["input"]["name"],
+        info = convert_fp16(fp32_path, out / model_file("fp16"), calibration.pixel_values, input_name=input_name,
                             use_external_data=external)
-        models["fp16"] = {**_entry(out, "fp16"), "conversion": {k: v for k, v in info.items() if k != "onnxruntime"},
-                          "onnxruntime": info["onnxruntime"]}
+        models["fp16"] = _entry(out, "fp16", conversion={k: v for k, v in info.items() if k != "onnxruntime"},
+                                onnxruntime=info["onnxruntime"])
     if "int8" in wanted:
         say(f"INT8: ModelOpt PTQ, {calibration_method} calibration on {len(calibration)} images")
         info = quantize_int8(fp32_path, out / model_file("int8"), calibration.pixel_values, method=calibration_method,
-                             high_precision=high_precision, input_name=manifest["input"]["name"],
+                             high_precision=high_precision, input_name=input_name,
                              use_external_data=external, progress=progress)
-        models["int8"] = {**_entry(out, "int8"), "quantization": {k: v for k, v in info.items() if k != "onnxruntime"},
-                          "onnxruntime": info["onnxruntime"]}
-    manifest["models"] = models
-    manifest["calibration"] = calibration.summary()
-    manifest.setdefault("libraries", {})["nvidia-modelopt"] = metadata.version("nvidia-modelopt")
-    write_manifest(out, manifest)  # the runtime loads the variants from it to measure them
+        models["int8"] = _entry(out, "int8", quantization={k: v for k, v in info.items() if k != "onnxruntime"},
+                                onnxruntime=info["onnxruntime"])
+    libraries = {**manifest.libraries, "nvidia-modelopt": metadata.version("nvidia-modelopt")}
+    # Written now: the runtime loads the variants from the manifest to measure them.
+    set_models(out, models, calibration=Calibration.model_validate(calibration.summary()), libraries=libraries)
 
     held_out = held_out_set(fidelity_data or calibration_data, split=fidelity_split, exclude=calibration.image_ids,
                             size=fidelity_size, seed=calibration_seed)
@@ -132,12 +143,10 @@ def add_precision_variants(
         f"calibration images excluded)")
     report, description = measure_fidelity(out, list(models), held_out, progress=progress)
     for precision, figures in report.items():
-        models[precision].setdefault("fidelity", {})["held_out"] = figures
-    manifest["fidelity_set"] = description
+        models[precision].fidelity.held_out = HeldOut.model_validate(figures)
 
     if "fp32" not in wanted:
         _remove_model(out, models.pop("fp32"))
-    manifest["models"] = {p: models[p] for p in PRECISIONS if p in models}
-    manifest["default_precision"] = "fp32" if "fp32" in manifest["models"] else wanted[0]
-    write_manifest(out, manifest)
-    return manifest
+    return set_models(out, {p: models[p] for p in PRECISIONS if p in models},
+                      default_precision="fp32" if "fp32" in models else wanted[0],
+                      fidelity_set=FidelitySet.model_validate(description))

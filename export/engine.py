@@ -34,9 +34,8 @@ from sid_edge.runtime.tensorrt_engines import (
     import_tensorrt,
     timing_cache_name,
     trt_logger,
-    upsert_engine,
 )
-from sid_edge.artifact.manifest import ManifestError, file_entry, model_entry, read_manifest, verify_files, write_manifest
+from sid_edge.artifact.manifest import ManifestError, add_engine, artifact_path, file_entry, model_entry, read_manifest, verify_files
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +137,9 @@ def build_engine(
     trt = import_tensorrt()
     cuda_check(import_cudart().cudaSetDevice(device), f"selecting CUDA device {device}")
 
-    onnx_path = d / model["file"]
-    input_name = manifest["input"]["name"]
-    image_size = int(manifest["preprocessing"]["size"])
+    onnx_path = artifact_path(d, model.file)
+    input_name = manifest.input.name
+    image_size = manifest.preprocessing.size
     logger = trt_logger()
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt))
@@ -192,8 +191,8 @@ def build_engine(
     entry = {
         "precision": precision,
         **file_entry(d, name),
-        "source_model": model["file"],
-        "source_sha256": model["sha256"],
+        "source_model": model.file,
+        "source_sha256": model.sha256,
         "strongly_typed": True,
         "profile": {"input": input_name, **profile.to_dict()},
         "tensorrt_version": env.tensorrt_version,
@@ -205,8 +204,7 @@ def build_engine(
         "build_seconds": round(seconds, 2),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    manifest = read_manifest(d)  # re-read: another build may have finished meanwhile
-    write_manifest(d, upsert_engine(manifest, entry))
+    add_engine(d, entry)  # re-reads the manifest: another build may have finished meanwhile
     return entry
 
 
@@ -215,7 +213,7 @@ def build_engines(artifact_dir: str | os.PathLike, precisions: Sequence[str] | N
     Returns the engine entries. Raises as build_engine; ManifestError for a precision the artifact lacks, before
     anything is built."""
     manifest = read_manifest(artifact_dir)
-    wanted = list(precisions) if precisions else list(manifest["models"])
+    wanted = list(precisions) if precisions else list(manifest.models)
     for p in wanted:
         model_entry(manifest, p)
     return [build_engine(artifact_dir, p, **kwargs) for p in wanted]

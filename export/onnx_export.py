@@ -37,10 +37,12 @@ from sid_edge.build.heads import HeadConfig, load_head
 from sid_edge.runtime.images import load_and_preprocess
 from sid_edge.artifact.manifest import (
     ARTIFACT_FORMAT,
+    MANIFEST_NAME,
     INPUT_NAME,
     OUTPUT_NAMES,
     SCHEMA_VERSION,
     file_entry,
+    parse_manifest,
     write_manifest,
 )
 
@@ -267,8 +269,9 @@ def export_detector(
         "opset": OPSET,
         "libraries": library_versions(),
     }
-    write_manifest(out, manifest)
-    return manifest
+    typed = parse_manifest(manifest, out / MANIFEST_NAME)
+    write_manifest(out, typed)
+    return typed
 
 
 def _write_head_weights(out: Path, head: nn.Module, kind: str) -> dict | None:

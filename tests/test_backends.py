@@ -4,6 +4,7 @@ decisions; the CLI's errors when TensorRT or a GPU is missing."""
 import csv
 import json
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,7 +13,9 @@ from sid_edge.runtime.backends import BackendUnavailable, choose_backend, probe_
 from sid_edge.cli import main
 from sid_edge.runtime.detector import Detector
 from sid_edge.runtime.tensorrt_engines import GpuEnvironment, detect_environment
-from sid_edge.artifact.manifest import file_entry, read_manifest, write_manifest
+from sid_edge.artifact.manifest import EngineEntry, file_entry, read_manifest, write_manifest
+
+S = "5" * 64  # a sha256 the tests agree on
 
 ALL = {"tensorrt": None, "cuda": None, "cpu": None}
 NO_GPU = {"tensorrt": "no engine", "cuda": "no CUDA provider", "cpu": None}
@@ -69,7 +72,7 @@ def test_nothing_available_and_unknown_names():
 
 
 def test_probe_reports_each_backend_and_leaves_tensorrt_alone_without_engines():
-    manifest = {"models": {"fp32": {"sha256": "s"}}, "engines": []}
+    manifest = SimpleNamespace(models={"fp32": SimpleNamespace(sha256=S)}, engines=[])
     unavailable, entry = probe_unavailable(manifest, "fp32", "auto", "det", providers=["CPUExecutionProvider"])
     assert entry is None
     assert unavailable["cpu"] is None
@@ -83,9 +86,11 @@ def test_probe_reports_each_backend_and_leaves_tensorrt_alone_without_engines():
 
 
 def test_probe_matches_engines_against_the_given_machine():
-    engine = {"precision": "fp16", "file": "e", "tensorrt_version": "10.3.0.30", "gpu_name": "Orin",
-              "compute_capability": "8.7", "source_sha256": "s"}
-    manifest = {"models": {"fp16": {"sha256": "s"}}, "engines": [engine]}
+    engine = EngineEntry.model_validate({
+        "precision": "fp16", "file": "e", "sha256": S, "size_bytes": 1, "tensorrt_version": "10.3.0.30",
+        "gpu_name": "Orin", "compute_capability": "8.7", "source_model": "model.fp16.onnx", "source_sha256": S,
+        "profile": {"min_batch": 1, "opt_batch": 8, "max_batch": 64}})
+    manifest = SimpleNamespace(models={"fp16": SimpleNamespace(sha256=S)}, engines=[engine])
     orin = GpuEnvironment("10.3.0.30", "Orin", "8.7")
     unavailable, entry = probe_unavailable(manifest, "fp16", "tensorrt", env=orin, providers=["CPUExecutionProvider"])
     assert entry is engine and unavailable["tensorrt"] is None
@@ -105,7 +110,7 @@ def artifact_copy(artifact, tmp_path):
 def add_foreign_engine(d, trt="10.3.0.30", gpu="Orin", cc="8.7"):
     """Record an engine built elsewhere (its bytes stand in for a plan file: it is never deserialized here)."""
     (d / "model.fp32.sm87.trt10.3.0.engine").write_bytes(b"not built on this machine")
-    m = read_manifest(d)
+    m = read_manifest(d).to_dict()
     m["engines"] = [{"precision": "fp32", **file_entry(d, "model.fp32.sm87.trt10.3.0.engine"),
                      "source_model": m["models"]["fp32"]["file"], "source_sha256": m["models"]["fp32"]["sha256"],
                      "profile": {"input": "pixel_values", "min_batch": 1, "opt_batch": 8, "max_batch": 64},
@@ -178,7 +183,7 @@ def test_altered_engine_file_is_refused_before_loading(artifact_copy):
 
     m = read_manifest(artifact_copy)
     with pytest.raises(ManifestError, match="size 20 bytes, the manifest says 25"):
-        _start("tensorrt", artifact_copy, m, m["models"]["fp32"], m["engines"][0], True, None)
+        _start("tensorrt", artifact_copy, m, m.models["fp32"], m.engines[0], True, None)
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -238,7 +243,7 @@ def test_build_without_tensorrt_or_gpu_exits_3_saying_what_is_missing(artifact_c
     err = " ".join(capsys.readouterr().err.split())
     assert "cannot build a TensorRT engine on this machine:" in err
     assert "TensorRT is not installed; pip install 'sid-edge[tensorrt]'" in err or "no usable CUDA GPU" in err
-    assert read_manifest(artifact_copy)["engines"] == []  # nothing recorded
+    assert read_manifest(artifact_copy).to_dict()["engines"] == []  # nothing recorded
     assert not list(artifact_copy.glob("*.engine"))
 
 

@@ -53,14 +53,14 @@ def test_graph_concept_scores_are_pytorch_cosines(artifact, tiny_backbone, photo
 
 
 def test_manifest_carries_concept_names_and_rule(artifact):
-    m = read_manifest(artifact)
+    m = read_manifest(artifact).to_dict()
     vocab = m["vocabulary"]
     assert vocab["count"] == 129 and vocab["template"] == "{}"
     assert vocab["concepts"][0] == {"name": "saturation_strong", "category": "colour",
                                    "positive": "a photo with strongly saturated colours",
                                    "negative": "a photo with muted, low-saturation colours"}
     assert "normalize(normalize(text(positive_c)) - normalize(text(negative_c)))" in vocab["score"]
-    assert vocab["top_concepts_by"] == "concept_scores" and m["concept_model"] is None
+    assert vocab["top_concepts_by"] == "concept_scores" and m.get("concept_model") is None
     assert m["outputs"][-1] == {"name": "concept_scores", "shape": ["batch", 129], "dtype": "float32"}
     assert m["models"]["fp32"]["fidelity"]["pytorch_parity"]["max_abs_concept_scores_diff"] < 1e-4
     assert m["explanation"]["arrays"]["concept_directions"] == [129, 32]
@@ -69,10 +69,10 @@ def test_manifest_carries_concept_names_and_rule(artifact):
 def test_export_without_vocabulary_keeps_the_head_outputs(tiny_backbone, trained_head, photo_dir, tmp_path):
     from sid_edge.export import export_detector
 
-    m = export_detector(trained_head, tmp_path / "det", backbone=tiny_backbone, vocabulary=None)
+    m = export_detector(trained_head, tmp_path / "det", backbone=tiny_backbone, vocabulary=None).to_dict()
     assert [o["name"] for o in m["outputs"]] == ["logit", "p_synthetic", "head_activations", "image_embedding",
                                                  "features"]
-    assert m["vocabulary"] is None and m["explanation"] is None
+    assert m.get("vocabulary") is None and m.get("explanation") is None
     assert not (tmp_path / "det" / "explanation.npz").exists()
     det = Detector.load(tmp_path / "det")
     (pred,) = det.predict([photo_dir / "coffee.jpg"])
@@ -94,7 +94,7 @@ def test_paper_csv_vocabulary_and_bad_files(tiny_backbone, trained_head, tmp_pat
     backbone = ["--clip-model", "sid-edge-tiny", "--clip-pretrained", "none"]
     out = tmp_path / "det"
     assert main(["export", "--head", str(trained_head), "--out", str(out), "--vocabulary", str(csv_path), *backbone]) == 0
-    vocab = read_manifest(out)["vocabulary"]
+    vocab = read_manifest(out).to_dict()["vocabulary"]
     assert [c["name"] for c in vocab["concepts"]] == ["lens_flare", "sharpness"]
     assert vocab["concepts"][1]["positive"] == "A photograph with sharp detail" and vocab["source"] == "paper.csv"
     assert vocab["sha256"] == hashlib.sha256(csv_path.read_bytes()).hexdigest()
@@ -192,7 +192,7 @@ def test_concept_head_files_round_trip(concept_head):
 def test_concept_model_outputs_in_the_graph(concept_artifact, artifact, concept_head, tiny_backbone, photo_dir):
     from sid_edge.build.heads import load_head
 
-    m = read_manifest(concept_artifact)
+    m = read_manifest(concept_artifact).to_dict()
     assert [o["name"] for o in m["outputs"]][5:] == ["concept_scores", "concept_logit", "concept_contributions"]
     assert m["concept_model"]["is_head"] is False and m["vocabulary"]["top_concepts_by"] == "concept_contributions"
     det = Detector.load(concept_artifact)
@@ -233,11 +233,11 @@ def test_concept_head_artifact_named_by_the_paper_csv(tiny_backbone, photo_dir, 
     with pytest.raises(ValueError, match="vocabulary none"):
         export_detector(ckpt, tmp_path / "bad", backbone=tiny_backbone, vocabulary=None)
 
-    m = export_detector(ckpt, tmp_path / "det", backbone=tiny_backbone, vocabulary=vocab)
+    m = export_detector(ckpt, tmp_path / "det", backbone=tiny_backbone, vocabulary=vocab).to_dict()
     assert [x["name"] for x in m["vocabulary"]["concepts"]] == names and m["concept_model"]["is_head"] is True
     assert m["head"]["kind"] == "concepts" and m["head"]["k"] == c
     # its p_synthetic comes from gated concept scores: no head.npz, evaluation runs its own graph
-    assert m["head"]["weights"] is None and not (tmp_path / "det" / "head.npz").exists()
+    assert m["head"].get("weights") is None and not (tmp_path / "det" / "head.npz").exists()
     from sid_edge.tools.evaluation.runner import load_detector
 
     under_test = load_detector("cm", tmp_path / "det")

@@ -1,12 +1,15 @@
 """Engine bookkeeping without a GPU: optimization profiles, batch splitting, compatibility decisions over manifest
 entries and a machine record, engine names and manifest updates, the TensorRT 10/11 network flags."""
 
+import hashlib
+import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
 
 import pytest
 
+from sid_edge.artifact.manifest import EngineEntry, add_engine, read_manifest
 from sid_edge.runtime.tensorrt_engines import (
     BatchProfile,
     GpuEnvironment,
@@ -16,16 +19,21 @@ from sid_edge.runtime.tensorrt_engines import (
     plan_chunks,
     select_engine,
     timing_cache_name,
-    upsert_engine,
 )
 
 H200 = GpuEnvironment("10.8.0.43", "NVIDIA H200", "9.0")
 ORIN = GpuEnvironment("10.3.0.30", "Orin", "8.7")
 
 
-def engine(precision="fp16", trt="10.8.0.43", gpu="NVIDIA H200", cc="9.0", source="abc"):
-    return {"precision": precision, "file": f"model.{precision}.engine", "tensorrt_version": trt, "gpu_name": gpu,
-            "compute_capability": cc, "source_model": f"model.{precision}.onnx", "source_sha256": source}
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def engine(precision="fp16", trt="10.8.0.43", gpu="NVIDIA H200", cc="9.0", source="abc", file=None) -> EngineEntry:
+    return EngineEntry.model_validate({
+        "precision": precision, "file": file or f"model.{precision}.engine", "sha256": sha("engine"), "size_bytes": 1,
+        "tensorrt_version": trt, "gpu_name": gpu, "compute_capability": cc, "source_model": f"model.{precision}.onnx",
+        "source_sha256": sha(source), "profile": {"min_batch": 1, "opt_batch": 8, "max_batch": 64}})
 
 
 # ------------------------------------------------------------------------------------------ profile
@@ -123,18 +131,18 @@ def test_missing_tensorrt_or_gpu_is_refused_with_the_problems():
 
 
 def test_engine_from_an_older_onnx_is_stale():
-    c = check_engine(engine(source="old"), H200, source_sha256="new", directory="det")
+    c = check_engine(engine(source="old"), H200, source_sha256=sha("new"), directory="det")
     assert not c.ok and "built from an earlier model.fp16.onnx" in c.reason
-    assert check_engine(engine(source="new"), H200, source_sha256="new").ok
+    assert check_engine(engine(source="new"), H200, source_sha256=sha("new")).ok
 
 
 def test_select_engine_picks_the_one_for_this_machine():
-    manifest = {"models": {"fp16": {"sha256": "abc"}},
-                "engines": [engine(trt="10.3.0.30", gpu="Orin", cc="8.7"), engine(), engine(precision="int8")]}
+    manifest = SimpleNamespace(models={"fp16": SimpleNamespace(sha256=sha("abc"))},
+                               engines=[engine(trt="10.3.0.30", gpu="Orin", cc="8.7"), engine(), engine(precision="int8")])
     entry, check = select_engine(manifest, "fp16", H200)
-    assert entry["gpu_name"] == "NVIDIA H200" and check.ok
+    assert entry.gpu_name == "NVIDIA H200" and check.ok
     entry, _ = select_engine(manifest, "fp16", ORIN)
-    assert entry["gpu_name"] == "Orin"
+    assert entry.gpu_name == "Orin"
     entry, check = select_engine(manifest, "fp16", GpuEnvironment("10.8.0.43", "NVIDIA A100", "8.0"), "det")
     assert entry is None
     # Each candidate's own reason: the Orin engine's TensorRT release, the H200 engine's architecture.
@@ -154,15 +162,17 @@ def test_engine_and_timing_cache_names_key_on_architecture_and_release():
     assert timing_cache_name(H200) == "timing.sm90.trt10.8.0.cache"
 
 
-def test_upsert_engine_replaces_only_the_same_precision_architecture_and_release():
-    m = {"engines": [engine(), engine(gpu="Orin", cc="8.7", trt="10.3.0.30"), engine(precision="int8")]}
-    new = {**engine(trt="10.8.0.50"), "file": "rebuilt.engine"}
-    upsert_engine(m, new)
-    assert [e["file"] for e in m["engines"]] == ["model.fp16.engine", "model.int8.engine", "rebuilt.engine"]
-    assert m["engines"][0]["gpu_name"] == "Orin"
-    upsert_engine(m, engine(trt="11.0.0.1"))  # another release: kept beside the 10.8 one
-    assert len(m["engines"]) == 4
-    assert upsert_engine({}, engine())["engines"] == [engine()]
+def test_add_engine_replaces_only_the_same_precision_architecture_and_release(artifact, tmp_path):
+    d = tmp_path / "det"
+    shutil.copytree(artifact, d)
+    for e in (engine(), engine(gpu="Orin", cc="8.7", trt="10.3.0.30"), engine(precision="int8")):
+        add_engine(d, e)
+    add_engine(d, engine(trt="10.8.0.50", file="rebuilt.engine"))  # same release 10.8.0 (the 4th field is the build)
+    engines = read_manifest(d).engines
+    assert [e.file for e in engines] == ["model.fp16.engine", "model.int8.engine", "rebuilt.engine"]
+    assert engines[0].gpu_name == "Orin"
+    add_engine(d, engine(trt="11.0.0.1"))  # another release: kept beside the 10.8 one
+    assert len(read_manifest(d).engines) == 4
 
 
 # ------------------------------------------------------------------------------------------ TensorRT 10 vs 11

@@ -200,7 +200,7 @@ def test_artifacts_without_head_weights_and_quantised_variants_run_their_own_gra
     old = tmp_path / "old"  # an artifact exported before head.npz existed
     shutil.copytree(probe_artifact, old)
     (old / "head.npz").unlink()
-    m = read_manifest(old)
+    m = read_manifest(old).to_dict()
     del m["head"]["weights"]
     write_manifest(old, m)
     dets = [load_detector("old", old), load_detector("int8", precision_artifact, "int8"),
@@ -217,7 +217,7 @@ def test_artifacts_without_head_weights_and_quantised_variants_run_their_own_gra
         np.testing.assert_array_equal(s.p_synthetic, np.float32(list(reference.values())))
     # the INT8 artifact was calibrated on this dataset's train split: those image ids are excluded, for every
     # precision of that artifact, and only there
-    ids = set(read_manifest(precision_artifact)["calibration"]["image_ids"])
+    ids = set(read_manifest(precision_artifact).to_dict()["calibration"]["image_ids"])
     n_excluded = sum(it.image_id in ids for it in items)
     assert n_excluded > 0
     for det in ("int8", "fp32"):
@@ -235,7 +235,7 @@ def test_head_weights_that_do_not_match_the_graph_are_refused(probe_artifact, sy
         arrays = dict(z)
     arrays["to_logit.bias"] = arrays["to_logit.bias"] + 1.0
     np.savez(bad / "head.npz", **arrays)
-    m = read_manifest(bad)
+    m = read_manifest(bad).to_dict()
     m["head"]["weights"].update(file_entry(bad, "head.npz"))  # a consistent manifest, a wrong file
     write_manifest(bad, m)
     det = load_detector("bad", bad)
@@ -261,7 +261,7 @@ def test_threshold_at_target_fpr_is_chosen_and_written(probe_artifact, synthclic
     assert choice.tpr == pytest.approx(np.mean(synth >= choice.threshold))
     assert (choice.n_real, choice.n_synthetic, choice.split) == (100, 100, "validation")
     write_threshold(det, choice)
-    m = read_manifest(art)
+    m = read_manifest(art).to_dict()
     assert m["threshold"] == choice.threshold and Detector.load(art).threshold == choice.threshold
     assert m["threshold_choice"]["target_fpr"] == 0.05 and m["threshold_choice"]["n_real"] == 100
     assert m["threshold_choice"]["location"] == str(synthclic_dir.resolve())
@@ -322,7 +322,7 @@ def test_cli_evaluate(probe_artifact, linear_artifact, synthclic_dir, cnnspot_cs
     assert "1 image could not be read or decoded" in text.err and "threshold" in text.err
     rep = json.loads((out / "report.json").read_text())
     assert rep["detectors"] == ["synthclic_probe", "cnnspot_linear"] and rep["datasets"] == ["sc", "cnnspot"]
-    chosen = read_manifest(art)["threshold"]
+    chosen = read_manifest(art).to_dict()["threshold"]
     assert rep["thresholds"]["synthclic_probe"] == chosen != 0.5
     assert rep["threshold_choices"]["synthclic_probe"]["split"] == "validation"
     assert (out / "cross_dataset_map.png").is_file() and (out / "hist_cnnspot_linear__sc.png").is_file()

@@ -11,7 +11,7 @@ from sid_edge.artifact.manifest import ManifestError, read_manifest, sha256_file
 
 
 def test_manifest_has_what_the_runtime_needs(artifact, tiny_backbone):
-    m = read_manifest(artifact)
+    m = read_manifest(artifact).to_dict()
     assert m["schema_version"] == 1 and m["format"] == "sid-edge-detector"
     assert m["backbone"]["model_name"] == "sid-edge-tiny" and m["backbone"]["pretrained"] == "none"
     assert m["backbone"]["feature"] == "pooled_pre_projection" and m["backbone"]["quick_gelu"] is True
@@ -32,7 +32,7 @@ def test_manifest_has_what_the_runtime_needs(artifact, tiny_backbone):
 
 
 def test_export_parity_figure_recorded_and_small(artifact):
-    fid = read_manifest(artifact)["models"]["fp32"]["fidelity"]["pytorch_parity"]
+    fid = read_manifest(artifact).to_dict()["models"]["fp32"]["fidelity"]["pytorch_parity"]
     assert fid["inputs"] >= 2
     assert 0.0 <= fid["max_abs_logit_diff"] < 1e-4
     assert 0.0 <= fid["max_abs_features_diff"] < 1e-4
@@ -75,7 +75,7 @@ def test_head_weights_file_reproduces_the_graph(artifact, trained_head):
     from sid_edge.runtime.numpy_head import load_head_weights
     from sid_edge.build.heads import load_head
 
-    m = read_manifest(artifact)
+    m = read_manifest(artifact).to_dict()
     w = m["head"]["weights"]
     assert w["file"] == "head.npz" and w["sha256"] == sha256_file(artifact / "head.npz")
     assert w["arrays"] == {"directions.weight": [4, 64], "directions.bias": [4], "to_logit.weight": [1, 4],
@@ -132,7 +132,7 @@ def test_large_graphs_use_external_data(tiny_backbone, trained_head, tmp_path, m
     import sid_edge.export.onnx_export as ox
 
     monkeypatch.setattr(ox, "EXTERNAL_DATA_THRESHOLD_BYTES", 0)
-    m = ox.export_detector(trained_head, tmp_path / "ext", backbone=tiny_backbone)
+    m = ox.export_detector(trained_head, tmp_path / "ext", backbone=tiny_backbone).to_dict()
     extra = m["models"]["fp32"]["external_data"]
     assert extra and all((tmp_path / "ext" / f["file"]).is_file() for f in extra)
     graph_bytes = (tmp_path / "ext" / "model.fp32.onnx").stat().st_size

@@ -25,7 +25,7 @@ def _activation_scales(path) -> dict[str, float]:
 
 
 def test_every_precision_is_listed_with_its_hash(precision_artifact):
-    m = read_manifest(precision_artifact)
+    m = read_manifest(precision_artifact).to_dict()
     assert list(m["models"]) == ["fp32", "fp16", "int8"] and m["default_precision"] == "fp32"
     for precision, entry in m["models"].items():
         assert entry["file"] == f"model.{precision}.onnx" and entry["precision"] == precision
@@ -42,7 +42,7 @@ def test_int8_graph_has_qdq_nodes_and_int8_weights(precision_artifact):
     model = onnx.load(str(path))
     int8_weights = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 2]
     assert len(int8_weights) >= 8  # every transformer GEMM weight of the tiny model
-    q = read_manifest(precision_artifact)["models"]["int8"]["quantization"]
+    q = read_manifest(precision_artifact).to_dict()["models"]["int8"]["quantization"]
     assert q["calibration_method"] == "max" and q["calibration_images"] == 64 and q["high_precision_dtype"] == "fp32"
     assert (q["quantize_linear"], q["dequantize_linear"]) == (ops["QuantizeLinear"], ops["DequantizeLinear"])
     assert q["dq_consumers"]["MatMul"] > 0
@@ -54,7 +54,7 @@ def test_fp16_graph_keeps_float32_io(precision_artifact):
     assert {t.type.tensor_type.elem_type for t in io} == {onnx.TensorProto.FLOAT}
     fp16 = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
     assert len(fp16) >= 8
-    conv = read_manifest(precision_artifact)["models"]["fp16"]["conversion"]
+    conv = read_manifest(precision_artifact).to_dict()["models"]["fp16"]["conversion"]
     assert conv["keep_io_types"] is True and conv["fp16_nodes"] > 50
 
 
@@ -73,7 +73,7 @@ def test_variants_load_and_run_on_onnxruntime_cpu(precision_artifact, precision)
 def test_runtime_int8_on_cpu_is_the_exact_qdq_arithmetic(precision_artifact):
     # With the manifest's session config (exact U8U8 GEMMs on CPUs without VNNI) the runtime's integer kernels
     # give what the Q/DQ graph means; ORT with graph optimisations off evaluates Q/DQ literally in float.
-    entry = read_manifest(precision_artifact)["models"]["int8"]
+    entry = read_manifest(precision_artifact).to_dict()["models"]["int8"]
     assert entry["onnxruntime"]["session_config"] == {"session.x64quantprecision": "1"}
     x = np.random.default_rng(1).normal(size=(8, 3, 64, 64)).astype(np.float32)
     got = Detector.load(precision_artifact, precision="int8").run(x)["p_synthetic"]
@@ -84,7 +84,7 @@ def test_runtime_int8_on_cpu_is_the_exact_qdq_arithmetic(precision_artifact):
 
 
 def test_fidelity_figures_on_the_fixture_set(precision_artifact):
-    m = read_manifest(precision_artifact)
+    m = read_manifest(precision_artifact).to_dict()
     fset = m["fidelity_set"]
     assert (fset["split"], fset["images"], fset["real"], fset["synthetic"]) == ("validation", 200, 100, 100)
     assert fset["threshold"] == 0.5 and fset["runtime"] == "onnxruntime-cpu"
@@ -100,7 +100,7 @@ def test_fidelity_figures_on_the_fixture_set(precision_artifact):
 
 
 def test_calibration_images_are_recorded_and_held_out(precision_artifact, synthclic_dir):
-    cal = read_manifest(precision_artifact)["calibration"]
+    cal = read_manifest(precision_artifact).to_dict()["calibration"]
     assert cal["images"] == 64 and cal["split"] == "train" and cal["by_label"] == {"real": 32, "synthetic": 32}
     assert set(cal["by_source"]) == {"real", "sdxl", "dalle3", "midjourney"}
     from sid_edge.calibration.selection import select_stratified
@@ -133,13 +133,13 @@ def test_other_calibration_methods(probe_artifact, synthclic_dir, tmp_path, meth
     from sid_edge.calibration.int8 import quantize_int8
     from sid_edge.artifact.preprocessing import Preprocessing
 
-    spec = Preprocessing.from_dict(read_manifest(probe_artifact)["preprocessing"])
+    spec = Preprocessing.from_dict(read_manifest(probe_artifact).to_dict()["preprocessing"])
     cal = build_calibration_set(synthclic_dir, spec, size=16, cache_dir=tmp_path)
     out = tmp_path / "q.onnx"
     info = quantize_int8(probe_artifact / "model.fp32.onnx", out, cal.pixel_values, method=method)
     assert info["calibration_method"] == method and _ops(out)["QuantizeLinear"] == info["quantize_linear"] > 0
     # ModelOpt rewrites the model it is given; quantize_int8 hands it a copy, so the artifact's graph is untouched
-    assert sha256_file(probe_artifact / "model.fp32.onnx") == read_manifest(probe_artifact)["models"]["fp32"]["sha256"]
+    assert sha256_file(probe_artifact / "model.fp32.onnx") == read_manifest(probe_artifact).to_dict()["models"]["fp32"]["sha256"]
     # activation scales (scalars) differ from max calibration's: percentile clips, entropy picks its own threshold
     reference = tmp_path / "max.onnx"
     quantize_int8(probe_artifact / "model.fp32.onnx", reference, cal.pixel_values, method="max")
@@ -157,7 +157,7 @@ def test_only_the_requested_precisions_are_kept(probe_artifact, synthclic_dir, t
 
     out = tmp_path / "det"
     shutil.copytree(probe_artifact, out)
-    m = add_precision_variants(out, ["int8"], calibration_data=synthclic_dir, calibration_size=16, fidelity_size=20)
+    m = add_precision_variants(out, ["int8"], calibration_data=synthclic_dir, calibration_size=16, fidelity_size=20).to_dict()
     assert list(m["models"]) == ["int8"] and m["default_precision"] == "int8"
     assert sorted(p.name for p in out.iterdir()) == ["explanation.npz", "head.npz", "manifest.json", "model.int8.onnx"]
     det = Detector.load(out)  # the manifest's default
@@ -173,7 +173,7 @@ def test_cli_export_with_precisions_info_and_scan(trained_head, synthclic_dir, p
     out = tmp_path / "det"
     assert main(["export", "--head", str(trained_head), "--out", str(out), "--precision", "fp32", "int8",
                  "--calibration", str(synthclic_dir), "--calibration-size", "8", "--fidelity-size", "16"]) == 0
-    m = read_manifest(out)
+    m = read_manifest(out).to_dict()
     assert list(m["models"]) == ["fp32", "int8"] and m["calibration"]["images"] == 8
     assert m["models"]["int8"]["fidelity"]["held_out"]["images"] == 16
     capsys.readouterr()

@@ -29,7 +29,7 @@ def test_engine_is_recorded_with_profile_versions_and_hash(built):
     from sid_edge.artifact.manifest import read_manifest, sha256_file
 
     d, entry = built
-    m = read_manifest(d)
+    m = read_manifest(d).to_dict()
     assert m["engines"] == [entry]
     assert entry["profile"] == {"input": "pixel_values", "min_batch": 2, "opt_batch": 4, "max_batch": 8}
     assert entry["tensorrt_version"] == ENV.tensorrt_version and entry["compute_capability"] == ENV.compute_capability
@@ -43,7 +43,7 @@ def test_rebuild_reuses_the_timing_cache_and_replaces_the_entry(built):
 
     d, first = built
     second = build_engine(d, "fp32", profile=BatchProfile(2, 4, 8), optimization_level=1, progress=False)
-    assert [e["file"] for e in read_manifest(d)["engines"]] == [first["file"]]
+    assert [e["file"] for e in read_manifest(d).to_dict()["engines"]] == [first["file"]]
     assert second["timing_cache"] == first["timing_cache"]
 
 
@@ -76,7 +76,7 @@ def test_engine_from_another_release_is_refused_and_falls_back_when_allowed(buil
 
     d = tmp_path / "other"
     shutil.copytree(built[0], d)
-    m = read_manifest(d)
+    m = read_manifest(d).to_dict()
     m["engines"][0]["tensorrt_version"] = "9.0.0.1"
     write_manifest(d, m)
     with pytest.raises(BackendUnavailable, match="built with TensorRT 9.0.0.1 .* rebuild it here with `sid-edge build"):

@@ -43,7 +43,7 @@ def test_build_engine_asks_for_a_strongly_typed_network_profile_and_cache(standi
     assert ("set_shape", "pixel_values", (2, 3, 64, 64), (4, 3, 64, 64), (8, 3, 64, 64)) in calls
     assert ("set_memory_pool_limit", "workspace", 1 << 30) in calls
     assert ("build", 1) in calls and ("create_timing_cache", b"") in calls
-    m = read_manifest(artifact_copy)
+    m = read_manifest(artifact_copy).to_dict()
     assert m["engines"] == [entry]
     assert entry["file"] == "model.fp32.sm90.trt10.8.0.engine"
     assert entry["sha256"] == sha256_file(artifact_copy / entry["file"])
@@ -59,7 +59,7 @@ def test_build_engine_asks_for_a_strongly_typed_network_profile_and_cache(standi
     build_engine(artifact_copy, "fp32", profile=BatchProfile(1, 8, 16), progress=False)
     assert ("create_timing_cache", b"+timed") in calls
     assert cache.read_bytes() == b"+timed+timed"
-    engines = read_manifest(artifact_copy)["engines"]
+    engines = read_manifest(artifact_copy).to_dict()["engines"]
     assert len(engines) == 1 and engines[0]["profile"]["max_batch"] == 16
 
 
@@ -149,7 +149,7 @@ def test_engine_that_does_not_deserialize_is_refused_or_skipped(standin, artifac
     entry = build_engine(artifact_copy, "fp32", progress=False)
     # Same recorded versions, but the plan inside is not one this TensorRT can load.
     (artifact_copy / entry["file"]).write_bytes(b"a plan from somewhere else")
-    m = read_manifest(artifact_copy)
+    m = read_manifest(artifact_copy).to_dict()
     m["engines"][0].update(file_entry(artifact_copy, entry["file"]))
     write_manifest(artifact_copy, m)
     with pytest.raises(BackendUnavailable) as e:

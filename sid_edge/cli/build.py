@@ -50,7 +50,7 @@ def build_engines(model_dir, precisions, options: dict) -> None:
 
     try:
         manifest = read_manifest(model_dir)
-        wanted = precisions or list(manifest["models"])
+        wanted = precisions or list(manifest.models)
         for p in wanted:
             model_entry(manifest, p)
         for p in wanted:

@@ -108,18 +108,18 @@ def run(args) -> int:
                                        concept_model=args.concept_model, prompt_template=args.prompt_template)
         except ValueError as e:
             raise ModelError(str(e)) from e
-    fid = manifest["models"]["fp32"]["fidelity"]["pytorch_parity"]
+    fid = manifest.models["fp32"].fidelity.pytorch_parity
     console.print(f"FP32 graph written to {args.out}: max |Δlogit| ONNX Runtime vs PyTorch = "
-                  f"{fid['max_abs_logit_diff']:.2e} on {fid['inputs']} inputs", highlight=False)
-    if manifest["vocabulary"]:
-        console.print(f"concept scores: {manifest['vocabulary']['count']} concepts from "
-                      f"{manifest['vocabulary']['source']}" + (f"; concept model {manifest['concept_model']['source']}"
-                                                               if manifest["concept_model"] else ""), highlight=False)
+                  f"{fid.max_abs_logit_diff:.2e} on {fid.inputs} inputs", highlight=False)
+    if manifest.vocabulary:
+        console.print(f"concept scores: {manifest.vocabulary.count} concepts from "
+                      f"{manifest.vocabulary.source}" + (f"; concept model {manifest.concept_model.source}"
+                                                         if manifest.concept_model else ""), highlight=False)
     if args.calibration:
         manifest = _add_variants(args)
-        console.print(fidelity_table(manifest["models"]))
+        console.print(fidelity_table(manifest.models))
     console.print(f"artifact {args.out}: " + ", ".join(
-        f"{p} ({e['size_bytes'] / 1e6:.1f} MB)" for p, e in manifest["models"].items()), highlight=False)
+        f"{p} ({e.size_bytes / 1e6:.1f} MB)" for p, e in manifest.models.items()), highlight=False)
     if build_options is not None:
         build_engines(args.out, None, build_options)
     return EXIT_OK

@@ -25,7 +25,7 @@ def run(args) -> int:
     from sid_edge.artifact.manifest import ManifestError, read_manifest
 
     try:
-        m = read_manifest(args.model)
+        m = read_manifest(args.model).to_dict()  # validated; shown as the manifest stores it
     except ManifestError as e:
         raise ModelError(str(e)) from e
     if args.json:
@@ -87,9 +87,11 @@ def run(args) -> int:
 
 
 def fidelity_table(models: dict):
-    """A rich Table of the held-out figures in a manifest's ``models`` block (``models[p]["fidelity"]["held_out"]``,
-    see :mod:`sid_edge.calibration.fidelity`); precisions without them are listed with dashes."""
+    """A rich Table of the held-out figures in a manifest's ``models`` block (``models[p].fidelity.held_out``, see
+    :mod:`sid_edge.calibration.fidelity`; typed entries or their dicts); precisions without them get dashes."""
     from rich.table import Table
+
+    models = {p: (e if isinstance(e, dict) else e.to_dict()) for p, e in models.items()}
 
     def f(v, fmt):
         return "–" if v is None else format(v, fmt)

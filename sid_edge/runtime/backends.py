@@ -21,7 +21,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from sid_edge.runtime.tensorrt_engines import EngineError, GpuEnvironment, detect_environment, engine_path, engines_for, select_engine
-from sid_edge.artifact.manifest import ManifestError, model_entry, verify_files
+from sid_edge.artifact.manifest import EngineEntry, Manifest, ManifestError, ModelEntry, OrtOptions, artifact_path, model_entry, verify_files
 from sid_edge.artifact.names import BACKEND_CHOICES, INPUT_NAME
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,8 @@ class OnnxRuntimeBackend:
         ManifestError: ONNX Runtime cannot load the file, or its inputs/outputs differ from the manifest.
     """
 
-    def __init__(self, model_path: str | os.PathLike, manifest: dict, device: str = "cpu", threads: int | None = None,
-                 settings: dict | None = None):
+    def __init__(self, model_path: str | os.PathLike, manifest: Manifest, device: str = "cpu", threads: int | None = None,
+                 settings: OrtOptions | None = None):
         import onnxruntime as ort
 
         if device not in ("cpu", "cuda"):
@@ -82,10 +82,10 @@ class OnnxRuntimeBackend:
         # ONNX Runtime settings the exporter recorded for this graph (manifest models[p].onnxruntime): session config
         # entries (e.g. exact INT8 GEMMs on CPUs without VNNI) and graph transformers to skip (e.g. NchwcTransformer
         # on FP16 graphs: microsoft/onnxruntime#28392, a crash at session creation on x86-64).
-        settings = settings or {}
-        for key, value in settings.get("session_config", {}).items():
-            opts.add_session_config_entry(str(key), str(value))
-        disabled = list(settings.get("disabled_optimizers", []))
+        settings = settings or OrtOptions()
+        for key, value in settings.session_config.items():
+            opts.add_session_config_entry(key, value)
+        disabled = list(settings.disabled_optimizers)
         path = Path(model_path)
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers,
@@ -98,7 +98,7 @@ class OnnxRuntimeBackend:
                 f"missing?); the session would run on {self.session.get_providers()[0]}"
             )
         self.name = BACKEND_NAMES[device]
-        self.output_names = [o["name"] for o in manifest["outputs"]]
+        self.output_names = manifest.output_names
         _check_ort_io(path, self.session, manifest)
 
     def run(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
@@ -121,12 +121,12 @@ def ort_cuda_problem(providers: list[str]) -> str | None:
             "onnxruntime-gpu in place of onnxruntime")
 
 
-def _check_ort_io(path: Path, session, manifest: dict) -> None:
+def _check_ort_io(path: Path, session, manifest: Manifest) -> None:
     inputs = [i.name for i in session.get_inputs()]
     outputs = {o.name for o in session.get_outputs()}
-    if inputs != [manifest["input"]["name"]]:
-        raise ManifestError(f"{path}: graph inputs {inputs} do not match the manifest ({manifest['input']['name']})")
-    missing = [o["name"] for o in manifest["outputs"] if o["name"] not in outputs]
+    if inputs != [manifest.input.name]:
+        raise ManifestError(f"{path}: graph inputs {inputs} do not match the manifest ({manifest.input.name})")
+    missing = [name for name in manifest.output_names if name not in outputs]
     if missing:
         raise ManifestError(f"{path}: graph lacks output(s) {missing} listed in the manifest")
 
@@ -190,7 +190,7 @@ def choose_backend(requested: str, unavailable: dict[str, str | None], allow_fal
                              f"(allow_fallback=True) to run on ONNX Runtime instead.")
 
 
-def probe_unavailable(manifest: dict, precision: str, requested: str, directory: str | os.PathLike = "DIR",
+def probe_unavailable(manifest: Manifest, precision: str, requested: str, directory: str | os.PathLike = "DIR",
                       env: GpuEnvironment | None = None, providers: list[str] | None = None) -> tuple[dict, dict | None]:
     """Probe this machine for what :func:`choose_backend` needs.
 
@@ -224,7 +224,7 @@ def probe_unavailable(manifest: dict, precision: str, requested: str, directory:
 
 def open_backend(
     directory: str | os.PathLike,
-    manifest: dict,
+    manifest: Manifest,
     precision: str = "fp32",
     backend: str = "auto",
     *,
@@ -258,7 +258,7 @@ def open_backend(
             unavailable[choice.backend] = str(e)
 
 
-def _start(name: str, d: Path, manifest: dict, entry: dict, engine: dict | None, verify: bool, threads) -> Backend:
+def _start(name: str, d: Path, manifest: Manifest, entry: ModelEntry, engine: EngineEntry | None, verify: bool, threads) -> Backend:
     if name == "tensorrt":
         from sid_edge.runtime.tensorrt_backend import TensorRTBackend
 
@@ -268,5 +268,5 @@ def _start(name: str, d: Path, manifest: dict, entry: dict, engine: dict | None,
         except EngineError as e:
             raise BackendUnavailable(f"backend 'tensorrt': {e}") from e
     verify_files(d, entry, check_hash=verify)
-    return OnnxRuntimeBackend(d / entry["file"], manifest, device=name, threads=threads,
-                              settings=entry.get("onnxruntime"))
+    return OnnxRuntimeBackend(artifact_path(d, entry.file), manifest, device=name, threads=threads,
+                              settings=entry.onnxruntime)

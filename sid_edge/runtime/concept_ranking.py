@@ -40,10 +40,9 @@ class ConceptHit:
         return d
 
 
-def concept_names(manifest: dict) -> list[str]:
+def concept_names(manifest) -> list[str]:
     """Concept names of an artifact in graph column order ([] when it has no vocabulary)."""
-    vocab = manifest.get("vocabulary") or {}
-    return [c["name"] for c in vocab.get("concepts", [])]
+    return manifest.concept_names
 
 
 def top_concepts(names: list[str], scores: np.ndarray, contributions: np.ndarray | None = None, n: int = DEFAULT_TOP_CONCEPTS) -> list[ConceptHit]:

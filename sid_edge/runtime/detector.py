@@ -18,9 +18,9 @@ import numpy as np
 from sid_edge.runtime.backends import BACKEND_CHOICES, Backend, BackendChoice, open_backend
 from sid_edge.runtime.images import DEFAULT_MAX_PIXELS
 from sid_edge.artifact.preprocessing import Preprocessing
-from sid_edge.artifact.manifest import read_manifest
+from sid_edge.artifact.manifest import Manifest, read_manifest
 from sid_edge.runtime.batching import Batch, iter_batches
-from sid_edge.runtime.concept_ranking import DEFAULT_TOP_CONCEPTS, ConceptHit, concept_names, top_concepts
+from sid_edge.runtime.concept_ranking import DEFAULT_TOP_CONCEPTS, ConceptHit, top_concepts
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +65,18 @@ class Detector:
     predicting (0 for none; ``concept_scores`` always hold all C).
     """
 
-    def __init__(self, directory: Path, manifest: dict, backend: Backend, precision: str, threshold: float | None = None,
+    def __init__(self, directory: Path, manifest: Manifest, backend: Backend, precision: str, threshold: float | None = None,
                  choice: BackendChoice | None = None):
         self.directory = directory
         self.manifest = manifest
         self.backend = backend  # the Backend object; str(backend) is its name
         self.backend_choice = choice
         self.precision = precision
-        self.preprocessing = Preprocessing.from_dict(manifest["preprocessing"])
-        self.threshold = float(manifest["threshold"] if threshold is None else threshold)
-        self.output_names = [o["name"] for o in manifest["outputs"]]
+        self.preprocessing: Preprocessing = manifest.preprocessing
+        self.threshold = float(manifest.threshold if threshold is None else threshold)
+        self.output_names = manifest.output_names
         #: Concept names in the column order of concept_scores / concept_contributions ([] without a vocabulary).
-        self.concept_names = concept_names(manifest)
+        self.concept_names = manifest.concept_names
         self.top_concepts = DEFAULT_TOP_CONCEPTS
 
     @classmethod
@@ -192,9 +192,6 @@ class Detector:
                                              self.top_concepts)
         return pred
 
-def default_precision(manifest: dict) -> str:
+def default_precision(manifest: Manifest) -> str:
     """The manifest's ``default_precision``; else ``fp32`` when present; else its first model."""
-    models = manifest["models"]
-    if manifest.get("default_precision") in models:
-        return manifest["default_precision"]
-    return "fp32" if "fp32" in models or not models else next(iter(models))
+    return manifest.preferred_precision

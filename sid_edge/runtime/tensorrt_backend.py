@@ -32,7 +32,7 @@ from sid_edge.runtime.tensorrt_engines import (
     rebuild_command,
     trt_logger,
 )
-from sid_edge.artifact.manifest import ManifestError
+from sid_edge.artifact.manifest import EngineEntry, Manifest, ManifestError
 
 log = logging.getLogger(__name__)
 
@@ -98,30 +98,29 @@ class TensorRTBackend:
 
     name = "tensorrt"
 
-    def __init__(self, engine_file: str | os.PathLike, manifest: dict, entry: dict | None = None, device: int = 0):
+    def __init__(self, engine_file: str | os.PathLike, manifest: Manifest, entry: EngineEntry | None = None, device: int = 0):
         self._buffers: dict[str, _PinnedBuffer] = {}
         self.stream = None
         trt = import_tensorrt()
         cudart = import_cudart()
         path = Path(engine_file)
-        entry = entry or {}
         cuda_check(cudart.cudaSetDevice(device), f"selecting CUDA device {device}")
         self._runtime = trt.Runtime(trt_logger())
         self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
             raise EngineError(
                 f"{path}: TensorRT {trt.__version__} could not load this engine (it was built with TensorRT "
-                f"{entry.get('tensorrt_version', '?')} for compute capability {entry.get('compute_capability', '?')}); "
-                f"rebuild it with `{rebuild_command(path.parent, entry.get('precision', 'fp32'))}`"
+                f"{entry.tensorrt_version if entry else '?'} for compute capability {entry.compute_capability if entry else '?'}); "
+                f"rebuild it with `{rebuild_command(path.parent, entry.precision if entry else 'fp32')}`"
             )
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         engine_outputs = [n for n in names if n not in inputs]
-        expected_input = manifest["input"]["name"]
+        expected_input = manifest.input.name
         if inputs != [expected_input]:
             raise ManifestError(f"{path}: engine inputs {inputs} do not match the manifest ({expected_input})")
-        self.output_names = [o["name"] for o in manifest["outputs"]]
+        self.output_names = manifest.output_names
         missing = [n for n in self.output_names if n not in engine_outputs]
         if missing:
             raise ManifestError(f"{path}: engine lacks output(s) {missing} listed in the manifest")

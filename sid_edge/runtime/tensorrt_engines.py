@@ -23,6 +23,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sid_edge.artifact.manifest import EngineEntry, Manifest, artifact_path
+
 #: What to install for the TensorRT backend and engine builds (pyproject extra).
 TENSORRT_INSTALL_HINT = ("pip install 'sid-edge[tensorrt]' (TensorRT >= 10 and cuda-python's cuda-bindings; on Jetson, "
                          "TensorRT comes with JetPack)")
@@ -225,7 +227,7 @@ def rebuild_command(directory: str | os.PathLike, precision: str) -> str:
     return f"sid-edge build {directory} --precision {precision}"
 
 
-def check_engine(entry: dict, env: GpuEnvironment, *, source_sha256: str | None = None,
+def check_engine(entry: EngineEntry, env: GpuEnvironment, *, source_sha256: str | None = None,
                  directory: str | os.PathLike = "DIR") -> EngineCheck:
     """Can the engine recorded in ``entry`` (a ``manifest["engines"]`` item) run on ``env``?
 
@@ -237,37 +239,37 @@ def check_engine(entry: dict, env: GpuEnvironment, *, source_sha256: str | None 
     A different GPU name with the same compute capability passes with a warning: the engine loads, but its
     kernels were timed on the other GPU.
     """
-    fix = f"rebuild it here with `{rebuild_command(directory, entry.get('precision', 'fp32'))}`"
-    built = f"{entry.get('file', 'the engine')} was built with TensorRT {entry.get('tensorrt_version')} for " \
-            f"{entry.get('gpu_name')} (compute capability {entry.get('compute_capability')})"
+    fix = f"rebuild it here with `{rebuild_command(directory, entry.precision)}`"
+    built = f"{entry.file} was built with TensorRT {entry.tensorrt_version} for " \
+            f"{entry.gpu_name} (compute capability {entry.compute_capability})"
     if not env.has_tensorrt or not env.has_gpu:
         missing = "; ".join(env.problems) or env.describe()
         return EngineCheck(False, f"{built}, but this machine cannot run TensorRT engines: {missing}")
-    if _release(entry.get("tensorrt_version", "")) != _release(env.tensorrt_version):
+    if _release(entry.tensorrt_version) != _release(env.tensorrt_version):
         return EngineCheck(False, f"{built}; this machine has TensorRT {env.tensorrt_version}, and an engine only "
                                   f"loads in the TensorRT release that built it: {fix}")
-    if str(entry.get("compute_capability")) != env.compute_capability:
+    if entry.compute_capability != env.compute_capability:
         return EngineCheck(False, f"{built}; this GPU is {env.gpu_name} (compute capability "
                                   f"{env.compute_capability}), and an engine only runs on the GPU architecture it "
                                   f"was built for: {fix}")
-    if source_sha256 is not None and entry.get("source_sha256") not in (None, source_sha256):
-        return EngineCheck(False, f"{entry.get('file')} was built from an earlier {entry.get('source_model')} "
+    if source_sha256 is not None and entry.source_sha256 not in (None, source_sha256):
+        return EngineCheck(False, f"{entry.file} was built from an earlier {entry.source_model} "
                                   f"(sha256 differs from the manifest's model): {fix}")
     warnings = []
-    if entry.get("gpu_name") and entry["gpu_name"] != env.gpu_name:
-        warnings.append(f"{entry.get('file')} was built on {entry['gpu_name']} and runs on {env.gpu_name} (same "
+    if entry.gpu_name and entry.gpu_name != env.gpu_name:
+        warnings.append(f"{entry.file} was built on {entry.gpu_name} and runs on {env.gpu_name} (same "
                         f"compute capability {env.compute_capability}): it works, but its kernels were tuned for the "
                         f"other GPU; {fix} for full speed")
     return EngineCheck(True, "", warnings)
 
 
-def engines_for(manifest: dict, precision: str) -> list[dict]:
+def engines_for(manifest: Manifest, precision: str) -> list[EngineEntry]:
     """The manifest's engine entries for ``precision`` (possibly several: one per GPU architecture/TensorRT)."""
-    return [e for e in manifest.get("engines") or [] if e.get("precision") == precision]
+    return [e for e in manifest.engines if e.precision == precision]
 
 
-def select_engine(manifest: dict, precision: str, env: GpuEnvironment,
-                  directory: str | os.PathLike = "DIR") -> tuple[dict | None, EngineCheck]:
+def select_engine(manifest: Manifest, precision: str, env: GpuEnvironment,
+                  directory: str | os.PathLike = "DIR") -> tuple[EngineEntry | None, EngineCheck]:
     """Pick the first engine for ``precision`` that :func:`check_engine` accepts on ``env``.
 
     Returns ``(entry, check)``; ``entry`` is None when none fits, and ``check.reason`` then says why (no engine
@@ -277,7 +279,7 @@ def select_engine(manifest: dict, precision: str, env: GpuEnvironment,
     if not candidates:
         return None, EngineCheck(False, f"the artifact has no TensorRT engine for {precision}; build one with "
                                         f"`{rebuild_command(directory, precision)}`")
-    source = (manifest.get("models") or {}).get(precision, {}).get("sha256")
+    source = manifest.models[precision].sha256 if precision in manifest.models else None
     reasons = []
     for entry in candidates:
         check = check_engine(entry, env, source_sha256=source, directory=directory)
@@ -308,15 +310,6 @@ def timing_cache_name(env: GpuEnvironment) -> str:
     return f"timing.{_sm(env)}.{_trt_release(env)}.cache"
 
 
-def upsert_engine(manifest: dict, entry: dict) -> dict:
-    """Put ``entry`` in ``manifest["engines"]``, replacing an engine of the same precision, compute capability
-    and TensorRT release. Returns the manifest (modified in place)."""
-    key = (entry["precision"], str(entry["compute_capability"]), _release(entry["tensorrt_version"]))
-    kept = [e for e in manifest.get("engines") or []
-            if (e.get("precision"), str(e.get("compute_capability")), _release(e.get("tensorrt_version", ""))) != key]
-    manifest["engines"] = [*kept, entry]
-    return manifest
-
-
-def engine_path(directory: str | os.PathLike, entry: dict) -> Path:
-    return Path(directory) / entry["file"]
+def engine_path(directory: str | os.PathLike, entry: EngineEntry) -> Path:
+    """The engine file inside the artifact folder (ManifestError for a name that would leave it)."""
+    return artifact_path(directory, entry.file)

@@ -30,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from sid_edge.artifact.manifest import ManifestError, read_manifest, verify_files
+from sid_edge.artifact.manifest import Manifest, ManifestError, artifact_path, read_manifest, verify_files
 from sid_edge.runtime.concept_ranking import concept_names
 
 DEFAULT_TOP = 8
@@ -90,7 +90,7 @@ def _unit_rows(a: np.ndarray) -> np.ndarray:
     return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
 
 
-def load_explanation(directory: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
+def load_explanation(directory: str | os.PathLike) -> tuple[Manifest, dict[str, np.ndarray]]:
     """(manifest, arrays of explanation.npz as float64), after checking the file against the manifest.
 
     Raises ManifestError naming the artifact when it has no vocabulary/explanation (exported without concepts or
@@ -98,12 +98,12 @@ def load_explanation(directory: str | os.PathLike) -> tuple[dict, dict[str, np.n
     """
     d = Path(directory)
     manifest = read_manifest(d)
-    entry = manifest.get("explanation")
-    if not entry or not manifest.get("vocabulary"):
+    entry = manifest.explanation
+    if not entry or not manifest.vocabulary:
         raise ManifestError(f"{d}: this artifact has no concept vocabulary; re-export it with "
                             f"`sid-edge export --vocabulary default` (or a vocabulary file) to explain it")
     verify_files(d, entry)
-    with np.load(d / entry["file"], allow_pickle=False) as z:
+    with np.load(artifact_path(d, entry.file), allow_pickle=False) as z:
         arrays = {k: z[k].astype(np.float64) for k in z.files}
     return manifest, arrays
 
@@ -302,8 +302,9 @@ def explain(
     report = ExplainReport(out, out / REPORT_NAME, out / JSON_NAME, charts, directions,
                            geometry["gram_pooled"] if geometry else None, geometry["gram_joint"] if geometry else None,
                            explained)
-    report.markdown.write_text(_markdown(model_dir, manifest, report, cm_weights), encoding="utf-8")
-    report.json.write_text(json.dumps(_json(manifest, report, cm_weights), indent=2) + "\n", encoding="utf-8")
+    shown = manifest.to_dict()
+    report.markdown.write_text(_markdown(model_dir, shown, report, cm_weights), encoding="utf-8")
+    report.json.write_text(json.dumps(_json(shown, report, cm_weights), indent=2) + "\n", encoding="utf-8")
     return report
 
 

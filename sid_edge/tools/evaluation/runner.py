@@ -63,7 +63,7 @@ from sid_edge.tools.evaluation.metrics import (
 )
 from sid_edge.runtime.numpy_head import HEAD_ARRAYS, HeadWeights, load_head_weights
 from sid_edge.tools.caches import ImageArrayCache, content_sha256, namespace_for
-from sid_edge.artifact.manifest import ManifestError, model_entry, read_manifest, verify_files, write_manifest
+from sid_edge.artifact.manifest import Manifest, ManifestError, artifact_path, model_entry, read_manifest, set_threshold, verify_files
 from sid_edge.runtime.batching import iter_batches
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class DetectorUnderTest:
 
     name: str
     directory: Path
-    manifest: dict
+    manifest: Manifest
     precision: str
     head: HeadWeights | None
     scoring: str
@@ -151,15 +151,15 @@ class DetectorUnderTest:
 
     @property
     def calibration_image_ids(self) -> set[str]:
-        cal = self.manifest.get("calibration") or {}
-        return set(cal.get("image_ids") or [])
+        cal = self.manifest.calibration
+        return set(cal.image_ids) if cal else set()
 
     def calibrated_on(self, data: str) -> bool:
         """True when the artifact's INT8 calibration set was drawn from ``data`` (same location)."""
-        cal = self.manifest.get("calibration") or {}
-        if not cal.get("image_ids"):
+        cal = self.manifest.calibration
+        if not cal or not cal.image_ids:
             return False
-        recorded = cal.get("location") or dataset_location(cal.get("data", ""))  # older manifests: best effort
+        recorded = cal.location or dataset_location(cal.data)  # older manifests: best effort
         return recorded == dataset_location(data)
 
 
@@ -173,36 +173,37 @@ def load_detector(name: str, directory: str | os.PathLike, precision: str | None
     manifest = read_manifest(d)
     precision = precision or default_precision(manifest)
     entry = model_entry(manifest, precision)
-    head_block = manifest["head"]
-    weights = head_block.get("weights")
-    outputs = {o["name"] for o in manifest["outputs"]}
+    head_block = manifest.head
+    weights = head_block.weights
+    outputs = set(manifest.output_names)
     reason = ""
-    if head_block.get("kind") not in HEAD_ARRAYS:
-        reason = f"head kind {head_block.get('kind')!r}: p_synthetic comes from the graph"
+    if head_block.kind not in HEAD_ARRAYS:
+        reason = f"head kind {head_block.kind!r}: p_synthetic comes from the graph"
     elif not weights:
         reason = "no head.npz (exported before evaluation could share features)"
     elif "features" not in outputs:
         reason = "the graph has no `features` output"
     elif precision != "fp32":
         reason = f"{precision}: the quantised backbone is this artifact's own"
-    preprocessing = {"preprocessing": manifest["preprocessing"], "decoding": manifest.get("decoding"),
+    preprocessing = {"preprocessing": manifest.preprocessing.to_dict(), "decoding": manifest.decoding,
                      "format": CACHE_FORMAT}
-    graph_namespace = namespace_for("scores", {"model_sha256": entry["sha256"], **preprocessing})
+    graph_namespace = namespace_for("scores", {"model_sha256": entry.sha256, **preprocessing})
     if reason:
         return DetectorUnderTest(name, d, manifest, precision, None, "graph", reason, graph_namespace, graph_namespace,
-                                 float(manifest["threshold"]))
+                                 manifest.threshold)
     verify_files(d, weights)
+    weights_path = artifact_path(d, weights.file)
     try:
-        head = load_head_weights(d / weights["file"], head_block["kind"])
+        head = load_head_weights(weights_path, head_block.kind)
     except ValueError as e:
         raise ManifestError(f"{d}: {e}") from e
-    if head.feature_dim != manifest["backbone"].get("feature_dim"):
-        raise ManifestError(f"{d / weights['file']}: the head reads {head.feature_dim}-d features, the backbone gives "
-                            f"{manifest['backbone'].get('feature_dim')}-d")
-    namespace = namespace_for("features", {"backbone": manifest["backbone"], "precision": "fp32",
+    if head.feature_dim != manifest.backbone.feature_dim:
+        raise ManifestError(f"{weights_path}: the head reads {head.feature_dim}-d features, the backbone gives "
+                            f"{manifest.backbone.feature_dim}-d")
+    namespace = namespace_for("features", {"backbone": manifest.backbone.to_dict(), "precision": "fp32",
                                            "output": "features", **preprocessing})
     return DetectorUnderTest(name, d, manifest, precision, head, "features+head", "", namespace, graph_namespace,
-                             float(manifest["threshold"]))
+                             manifest.threshold)
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -320,7 +321,7 @@ class _Scorer:
         shared = self.shared(namespace)
         cache = ImageArrayCache(namespace, fields, self.cache_root, about={
             "what": "backbone features (graph output `features`)" if shared else "logit and p_synthetic of one graph",
-            "artifact": str(lead.directory), "precision": lead.precision, "backbone": lead.manifest["backbone"]})
+            "artifact": str(lead.directory), "precision": lead.precision, "backbone": lead.manifest.backbone.to_dict()})
         n = len(items)
         if self.use_cache:
             values, found, errors = cache.load(hashes)
@@ -376,9 +377,9 @@ class _Scorer:
         diff = float(np.max(np.abs(lead.head.logit(outs["features"]) - outs["logit"])))
         if not diff <= HEAD_CHECK_TOLERANCE:
             raise ManifestError(
-                f"{lead.directory / lead.manifest['head']['weights']['file']}: the head weights do not reproduce the "
+                f"{lead.directory / lead.manifest.head.weights.file}: the head weights do not reproduce the "
                 f"graph's logit from its features (max |Δlogit| {diff:.3g} > {HEAD_CHECK_TOLERANCE}); the file does not "
-                f"belong to {lead.directory / model_entry(lead.manifest, lead.precision)['file']}")
+                f"belong to {lead.directory / model_entry(lead.manifest, lead.precision).file}")
         self._checked.add(namespace)
 
     def score(self, data: NamedData, split: str | None) -> dict[str, ScoredDataset]:
@@ -506,11 +507,8 @@ def choose_thresholds(detectors: Sequence[DetectorUnderTest], data: NamedData, *
 def write_threshold(detector: DetectorUnderTest, choice: ThresholdChoice) -> Path:
     """Set the artifact's ``manifest["threshold"]`` to the choice and record how it was chosen
     (``manifest["threshold_choice"]``); the manifest is rewritten atomically. Returns its path."""
-    manifest = read_manifest(detector.directory)
-    manifest["threshold"] = float(choice.threshold)
-    manifest["threshold_choice"] = choice.to_manifest()
-    path = write_manifest(detector.directory, manifest)
-    detector.manifest, detector.threshold = manifest, float(choice.threshold)
+    path = set_threshold(detector.directory, float(choice.threshold), choice.to_manifest())
+    detector.manifest, detector.threshold = read_manifest(detector.directory), float(choice.threshold)
     return path
 
 
