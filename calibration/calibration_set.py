@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from sid_edge.artifact.files import write_text_atomic
 from sid_edge.calibration.selection import select_stratified
 from sid_edge.tools.datasets import LabelledImage, dataset_location, read_labelled_images
 from sid_edge.tools.caches import cache_root
@@ -219,7 +220,5 @@ def build_calibration_set(
         raise ValueError(f"{data}: none of the {len(chosen)} calibration images could be decoded")
     records = [image_record(chosen[i]) for i in ok]
     if use_cache:
-        tmp = meta.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"records": records, "skipped": skipped, "description": description}), encoding="utf-8")
-        os.replace(tmp, meta)
+        write_text_atomic(meta, json.dumps({"records": records, "skipped": skipped, "description": description}))
     return CalibrationSet(pixels, records, skipped, description, npy if use_cache else None, False)

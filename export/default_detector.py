@@ -12,11 +12,8 @@ Using the cached artifact afterwards is torch-free.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 
@@ -46,7 +43,8 @@ _OFFLINE_HELP = (
 def fetch_head(url: str | None = None, timeout: float = 30.0) -> Path:
     """Return a verified local copy of the clip-cues SynthCLIC head (sha256 checked), downloading it if needed.
 
-    Raises DefaultDetectorUnavailable when it cannot be fetched or its sha256 differs.
+    Downloads go through pooch (``pooch.retrieve`` with the published sha256 as ``known_hash``), into
+    ``<cache root>/downloads``. Raises DefaultDetectorUnavailable when it cannot be fetched or its sha256 differs.
     """
     local = os.environ.get("SID_EDGE_DEFAULT_HEAD")
     if local:
@@ -54,23 +52,20 @@ def fetch_head(url: str | None = None, timeout: float = 30.0) -> Path:
         if not path.is_file():
             raise DefaultDetectorUnavailable(f"SID_EDGE_DEFAULT_HEAD={local}: no such file")
     else:
-        path = cache_root() / "downloads" / HEAD_NAME
-        if not path.is_file():
-            url = url or os.environ.get("SID_EDGE_HEAD_URL") or HEAD_URL
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as r:
-                    data = r.read()
-            except (urllib.error.URLError, OSError) as e:
-                reason = getattr(e, "reason", e)
-                raise DefaultDetectorUnavailable(
-                    f"could not fetch the default head {HEAD_NAME} from {url} ({reason}).\n{_OFFLINE_HELP}"
-                ) from e
-            if hashlib.sha256(data).hexdigest() != HEAD_SHA256:
-                raise DefaultDetectorUnavailable(f"{url}: downloaded file's sha256 does not match the published {HEAD_SHA256}")
-            tmp = path.with_suffix(".part")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+        import pooch
+        import requests
+
+        url = url or os.environ.get("SID_EDGE_HEAD_URL") or HEAD_URL
+        try:
+            path = Path(pooch.retrieve(url, known_hash=f"sha256:{HEAD_SHA256}", fname=HEAD_NAME,
+                                       path=cache_root() / "downloads",
+                                       downloader=pooch.HTTPDownloader(timeout=timeout)))
+        except ValueError as e:  # pooch: the downloaded file's hash differs (the file is removed)
+            raise DefaultDetectorUnavailable(f"{url}: downloaded file's sha256 does not match the published {HEAD_SHA256}") from e
+        except (requests.RequestException, OSError) as e:
+            raise DefaultDetectorUnavailable(
+                f"could not fetch the default head {HEAD_NAME} from {url} ({type(e).__name__}).\n{_OFFLINE_HELP}"
+            ) from e
     digest = sha256_file(path)
     if digest != HEAD_SHA256:
         raise DefaultDetectorUnavailable(f"{path}: sha256 {digest} is not the published {HEAD_SHA256} of {HEAD_NAME}")

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from sid_edge.artifact.files import write_bytes_atomic
 from sid_edge.runtime.tensorrt_engines import (
     BatchProfile,
     EngineError,
@@ -86,10 +87,7 @@ def _progress_monitor(trt):
 
 
 def _write_atomic(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(memoryview(data))
-    os.replace(tmp, path)
+    write_bytes_atomic(path, memoryview(data))  # TensorRT returns an IHostMemory (buffer protocol)
 
 
 def build_engine(

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sid_edge.artifact.files import atomic_write
 from sid_edge.build.backbone import Backbone
 from sid_edge.build.features import default_cache_dir
 from sid_edge.build.vocabulary import Concept, concept_prompts, default_vocabulary_path, load_vocabulary
@@ -155,9 +156,8 @@ def embed_vocabulary(
     directions = directions.astype(np.float32)
     if cacheable:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, directions)
-        os.replace(tmp, path)
+        with atomic_write(path) as f:
+            np.save(f, directions)
     return directions
 
 

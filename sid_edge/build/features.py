@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from sid_edge.artifact.files import atomic_write
 from sid_edge.build.backbone import Backbone
 from sid_edge.tools.caches import cache_root, content_sha256
 from sid_edge.runtime.batching import iter_batches
@@ -101,14 +102,13 @@ def extract_features(
     )
     if use_cache:
         shard.parent.mkdir(parents=True, exist_ok=True)
-        tmp = shard.with_suffix(".tmp.npz")
-        np.savez(
-            tmp,
-            pooled=result.pooled,
-            embedding=result.embedding,
-            kept=result.kept,
-            error_index=np.asarray(list(errors), dtype=np.int64),
-            error_reason=np.asarray(list(errors.values()), dtype=str),
-        )
-        os.replace(tmp, shard)  # atomic: a killed run never leaves a half-written shard
+        with atomic_write(shard) as f:  # a killed run never leaves a half-written shard
+            np.savez(
+                f,
+                pooled=result.pooled,
+                embedding=result.embedding,
+                kept=result.kept,
+                error_index=np.asarray(list(errors), dtype=np.int64),
+                error_reason=np.asarray(list(errors.values()), dtype=str),
+            )
     return result

@@ -20,7 +20,7 @@ from sid_edge.runtime.progress import console
 
 __all__ = ["EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_MODEL", "UsageError", "ModelError", "console",
            "add_backbone_args", "add_engine_args", "count", "setup_logging", "stdout_console", "check_dataset",
-           "BACKEND_CHOICES", "PRECISIONS", "CALIBRATION_METHODS", "DEFAULT_CALIBRATION_METHOD", "load_backbone_or_fail", "DEFAULT_CLIP_MODEL", "DEFAULT_CLIP_PRETRAINED"]
+           "BACKEND_CHOICES", "PRECISIONS", "default_model_dir", "CALIBRATION_METHODS", "DEFAULT_CALIBRATION_METHOD", "load_backbone_or_fail", "DEFAULT_CLIP_MODEL", "DEFAULT_CLIP_PRETRAINED"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_MODEL = 0, 1, 2, 3
 
@@ -98,4 +98,31 @@ def load_backbone_or_fail(model: str, pretrained: str):
     except ValueError as e:
         raise UsageError(str(e)) from e
     except RuntimeError as e:
+        raise ModelError(str(e)) from e
+
+
+def default_model_dir():
+    """The default detector's folder: the cached artifact when built; else built now when the training extra is
+    installed (ViT-L-14-336 OpenAI weights + the paper's SynthCLIC head); else ModelError saying what to install.
+
+    The runtime never imports the build stage: only this CLI step does, and only when nothing is cached.
+    """
+    import importlib.util
+
+    from sid_edge.artifact.locations import default_detector_dir
+    from sid_edge.artifact.names import MANIFEST_NAME
+
+    cached = default_detector_dir()
+    if (cached / MANIFEST_NAME).is_file():
+        return cached
+    missing = [m for m in ("torch", "open_clip", "onnx", "pooch") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ModelError(f"no default detector is built on this machine ({cached}), and building it needs the training "
+                         f"extra ({', '.join(missing)} missing): pip install 'sid-edge[train]' and run this again, "
+                         f"or pass --model DIR")
+    from sid_edge.export.default_detector import DefaultDetectorUnavailable, ensure_default_detector
+
+    try:
+        return ensure_default_detector()
+    except DefaultDetectorUnavailable as e:
         raise ModelError(str(e)) from e

@@ -11,6 +11,7 @@ from sid_edge.cli.common import (
     UsageError,
     console,
     count,
+    default_model_dir,
 )
 
 
@@ -55,14 +56,7 @@ def run(args) -> int:
     missing = [p for p in args.paths if not Path(p).exists() and not Path(p).is_symlink()]
     if missing:
         raise UsageError("no such file or folder: " + ", ".join(missing))
-    model_dir = args.model
-    if model_dir is None:
-        from sid_edge.export.default_detector import DefaultDetectorUnavailable, ensure_default_detector
-
-        try:
-            model_dir = ensure_default_detector()
-        except DefaultDetectorUnavailable as e:
-            raise ModelError(str(e)) from e
+    model_dir = args.model if args.model is not None else default_model_dir()
     try:
         det = Detector.load(model_dir, precision=args.precision, backend=args.backend, threshold=args.threshold,
                             allow_fallback=args.allow_fallback)

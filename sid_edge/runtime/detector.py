@@ -71,6 +71,7 @@ class Detector:
         self.manifest = manifest
         self.backend = backend  # the Backend object; str(backend) is its name
         self.backend_choice = choice
+        self._backend_name = backend.name
         self.precision = precision
         self.preprocessing: Preprocessing = manifest.preprocessing
         self.threshold = float(manifest.threshold if threshold is None else threshold)
@@ -125,7 +126,7 @@ class Detector:
     @property
     def backend_name(self) -> str:
         """"tensorrt", "onnxruntime-cuda" or "onnxruntime-cpu"."""
-        return self.backend.name
+        return self._backend_name
 
     @property
     def input_size(self) -> int:
@@ -134,8 +135,25 @@ class Detector:
 
     def run(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
         """Run the graph on preprocessed pixel_values float32 [B,3,S,S]; returns every output by name
-        (logit [B], p_synthetic [B], head_activations [B,k], ...)."""
+        (logit [B], p_synthetic [B], head_activations [B,k], ...).
+
+        Raises RuntimeError after :meth:`close`."""
+        if self.backend is None:
+            raise RuntimeError(f"{self.directory}: this Detector is closed")
         return self.backend.run(np.ascontiguousarray(pixel_values, dtype=np.float32))
+
+    def close(self) -> None:
+        """Release the backend (ONNX Runtime session, or TensorRT engine, GPU and pinned buffers). Idempotent;
+        the Detector cannot predict afterwards. Also called on leaving a ``with Detector.load(...) as det:`` block."""
+        backend, self.backend = self.backend, None
+        if backend is not None:
+            backend.close()
+
+    def __enter__(self) -> "Detector":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def label(self, p_synthetic: float) -> str:
         """"synthetic" if p_synthetic >= threshold else "real"."""

@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from sid_edge.artifact.files import atomic_write, sha256_file, write_text_atomic
 from sid_edge.artifact.locations import cache_root
 
 _HASHES, _ERROR_HASHES, _ERROR_REASONS = "__hashes__", "__error_hashes__", "__error_reasons__"
@@ -39,11 +40,7 @@ def content_sha256(source) -> str:
         source = source.resolve_image()
     if isinstance(source, (bytes, bytearray)):
         return hashlib.sha256(source).hexdigest()
-    h = hashlib.sha256()
-    with open(source, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(source)
 
 
 class ImageArrayCache:
@@ -119,14 +116,13 @@ class ImageArrayCache:
         self.directory.mkdir(parents=True, exist_ok=True)
         about = self.directory / "about.json"
         if self.about and not about.is_file():
-            about.write_text(json.dumps(self.about, indent=2) + "\n", encoding="utf-8")
+            write_text_atomic(about, json.dumps(self.about, indent=2) + "\n")
         digest = hashlib.sha256("\n".join([*hashes, "#", *sorted(errors)]).encode()).hexdigest()[:24]
         path = self.directory / f"{digest}.npz"
-        tmp = self.directory / f"{digest}.tmp.npz"
-        np.savez(tmp, **arrays, **{_HASHES: np.asarray(list(hashes), dtype="U64"),
-                                   _ERROR_HASHES: np.asarray(list(errors), dtype="U64"),
-                                   _ERROR_REASONS: np.asarray(list(errors.values()), dtype=str)})
-        os.replace(tmp, path)  # atomic: a killed run never leaves a half-written shard
+        with atomic_write(path) as f:  # a killed run never leaves a half-written shard
+            np.savez(f, **arrays, **{_HASHES: np.asarray(list(hashes), dtype="U64"),
+                                     _ERROR_HASHES: np.asarray(list(errors), dtype="U64"),
+                                     _ERROR_REASONS: np.asarray(list(errors.values()), dtype=str)})
         return path
 
 
