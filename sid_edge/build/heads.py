@@ -28,7 +28,7 @@ HEAD_FORMAT = "sid-edge-head"
 HEAD_FORMAT_VERSION = 1
 HEAD_KINDS = ("orthogonal", "linear")
 
-#: The backbone the clip-cues checkpoints were trained on (DESIGN.md).
+#: The backbone the clip-cues checkpoints were trained on (Hugging Face openai/clip-vit-large-patch14-336 pooler_output).
 CLIP_CUES_BACKBONE = {"model_name": DEFAULT_CLIP_MODEL, "pretrained": DEFAULT_CLIP_PRETRAINED, "feature_dim": 1024}
 
 
