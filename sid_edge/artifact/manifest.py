@@ -49,6 +49,7 @@ from sid_edge.artifact.names import (
     PRECISIONS,
     SCHEMA_VERSION,
 )
+from sid_edge.artifact.onnx_references import external_data_locations
 from sid_edge.artifact.preprocessing import Preprocessing
 
 __all__ = [
@@ -567,3 +568,15 @@ def verify_files(directory: str | os.PathLike, entry: FileRecord, check_hash: bo
             raise ManifestError(f"{p}: size {size} bytes, the manifest says {f.size_bytes}; the file is damaged or replaced")
         if check_hash and sha256_file(p) != f.sha256:
             raise ManifestError(f"{p}: sha256 does not match the manifest; the file is damaged or replaced")
+    if isinstance(entry, ModelEntry):
+        # Every file the graph makes ONNX Runtime open must be one of the verified files above.
+        graph = artifact_path(directory, entry.file)
+        try:
+            referenced = external_data_locations(graph)
+        except (OSError, ValueError) as e:
+            raise ManifestError(f"{graph}: cannot read its external-data references ({e})") from None
+        listed = {f.file for f in entry.external_data}
+        unlisted = sorted(referenced - listed)
+        if unlisted:
+            raise ManifestError(f"{graph}: the graph references external data the manifest does not list for "
+                                f"{entry.precision} ({', '.join(map(repr, unlisted[:3]))}); refusing to load unverified files")
