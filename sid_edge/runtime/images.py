@@ -39,6 +39,12 @@ __all__ = [
 
 #: Decompression-bomb limit in pixels (width * height): Pillow's own default ``Image.MAX_IMAGE_PIXELS``.
 DEFAULT_MAX_PIXELS: int = 89_478_485
+#: Largest image file read (bytes): bounds what one hostile file can make a reader or a hasher do.
+MAX_FILE_BYTES: int = 1 << 30
+#: Largest long:short side ratio preprocessed. The shortest side goes to the model's size S, so the resize works
+#: on S x (S * ratio) pixels: a 20000x1 strip (143 bytes as PNG) would need a 1,280,000x64 intermediate at S=64 and
+#: 6,720,000x336 (6.8 GB in RGB) at S=336. Panoramas stay well below 32:1.
+MAX_ASPECT_RATIO: float = 32.0
 
 Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
 
@@ -264,15 +270,33 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _open_source(source: Any) -> tuple[str | None, Any, int]:
-    """-> (path or None, binary file object positioned at 0, size in bytes). Raises ImageDecodeError."""
+def open_image_source(source: Any, max_bytes: int = MAX_FILE_BYTES) -> tuple[str | None, Any, int]:
+    """The one opener every image read goes through (decoding, dataset readers, cache hashing, calibration).
+
+    Returns ``(path or None, binary file object positioned at 0, size in bytes)``; the caller closes the file.
+    Accepts a path (``str``/``os.PathLike``) or encoded content (``bytes``, ``bytearray``, ``memoryview``, or a
+    binary file object such as ``io.BytesIO``, read from its current position).
+
+    Raises:
+        ImageDecodeError: missing file, dangling link, directory, FIFO/device/socket (opening a FIFO would block),
+            permission denied, empty file, or a file larger than ``max_bytes``.
+        TypeError: any other kind of source.
+    """
+    if hasattr(source, "read") and not isinstance(source, (str, os.PathLike)):
+        data = source.read(max_bytes + 1)
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError(f"image source: a file object must be opened in binary mode, got {type(data).__name__}")
+        source = bytes(data)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         if not data:
             raise ImageDecodeError(None, "empty file")
+        if len(data) > max_bytes:
+            raise ImageDecodeError(None, f"file larger than {max_bytes} bytes")
         return None, io.BytesIO(data), len(data)
     if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(f"decode_image: source must be a path (str/os.PathLike) or bytes, got {type(source).__name__}")
+        raise TypeError(f"image source must be a path (str/os.PathLike), bytes-like or a binary file object, got "
+                        f"{type(source).__name__}")
     fspath = os.fspath(source)
     path = os.fsdecode(fspath)
     try:
@@ -291,6 +315,8 @@ def _open_source(source: Any) -> tuple[str | None, Any, int]:
         raise ImageDecodeError(path, "not a regular file")
     if st.st_size == 0:
         raise ImageDecodeError(path, "empty file")
+    if st.st_size > max_bytes:
+        raise ImageDecodeError(path, f"file larger than {max_bytes} bytes ({st.st_size})")
     try:
         fp = open(fspath, "rb")
     except PermissionError:
@@ -352,7 +378,7 @@ def decode_image(source: Source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
     """
     if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0):
         raise ValueError(f"max_pixels must be a positive int or None, got {max_pixels!r}")
-    path, fp, size = _open_source(source)
+    path, fp, size = open_image_source(source)
     with fp:
         prefix = fp.read(32)
         fp.seek(0)
@@ -427,6 +453,20 @@ def _center_crop_or_pad(arr: np.ndarray, size: int) -> np.ndarray:
     return arr[top : top + size, left : left + size]
 
 
+def check_resize_work(width: int, height: int, spec: Preprocessing) -> None:
+    """Refuse an image whose resize would cost far more than its file suggests (ImageDecodeError, no path).
+
+    With ``resize_mode="shortest"`` the short side goes to ``spec.size`` and the long side to
+    ``size * long / short``: the work and memory grow with the aspect ratio, not with the source pixels. Ratios
+    above :data:`MAX_ASPECT_RATIO` are refused.
+    """
+    short, long = min(width, height), max(width, height)
+    if spec.resize_mode == "shortest" and short > 0 and long / short > MAX_ASPECT_RATIO:
+        raise ImageDecodeError(None, f"aspect ratio {long}:{short} exceeds {MAX_ASPECT_RATIO:g}:1 (resizing its short "
+                                     f"side to {spec.size} px would need a {int(spec.size * long / short)}x{spec.size} "
+                                     f"intermediate)")
+
+
 def preprocess(image: Image.Image | np.ndarray, spec: Preprocessing) -> np.ndarray:
     """One image -> the network input, exactly as open_clip's inference transform computes it.
 
@@ -456,6 +496,7 @@ def preprocess(image: Image.Image | np.ndarray, spec: Preprocessing) -> np.ndarr
     Raises:
         ValueError: array of another shape or dtype (the message names what was received), or a PIL mode that
             cannot be converted to RGB.
+        ImageDecodeError: an aspect ratio above :data:`MAX_ASPECT_RATIO` (see :func:`check_resize_work`).
         TypeError: neither a PIL image nor a numpy array.
     """
     if isinstance(image, np.ndarray):
@@ -473,6 +514,7 @@ def preprocess(image: Image.Image | np.ndarray, spec: Preprocessing) -> np.ndarr
 
     size = spec.size
     w, h = img.size
+    check_resize_work(w, h, spec)
     if spec.resize_mode == "shortest":
         # torchvision _compute_resized_output_size for an int size
         short, long = (w, h) if w <= h else (h, w)
@@ -496,8 +538,15 @@ def preprocess(image: Image.Image | np.ndarray, spec: Preprocessing) -> np.ndarr
 def load_and_preprocess(
     source: Source, spec: Preprocessing, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:
-    """:func:`decode_image` then :func:`preprocess`: float32 ``(3, size, size)``. Raises ImageDecodeError."""
-    return preprocess(decode_image(source, max_pixels=max_pixels), spec)
+    """:func:`decode_image` then :func:`preprocess`: float32 ``(3, size, size)``. Raises ImageDecodeError (naming
+    the file when ``source`` is a path)."""
+    image = decode_image(source, max_pixels=max_pixels)
+    try:
+        return preprocess(image, spec)
+    except ImageDecodeError as e:
+        if e.path is None and isinstance(source, (str, os.PathLike)):
+            raise ImageDecodeError(os.fsdecode(os.fspath(source)), e.reason) from None
+        raise
 
 
 # --------------------------------------------------------------------------------------------------------------

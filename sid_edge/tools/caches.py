@@ -20,8 +20,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from sid_edge.artifact.files import atomic_write, sha256_file, write_text_atomic
+from sid_edge.artifact.files import atomic_write, write_text_atomic
 from sid_edge.artifact.locations import cache_root
+from sid_edge.runtime.images import ImageDecodeError, open_image_source
 
 _HASHES, _ERROR_HASHES, _ERROR_REASONS = "__hashes__", "__error_hashes__", "__error_reasons__"
 
@@ -38,9 +39,13 @@ def content_sha256(source) -> str:
     """
     if hasattr(source, "resolve_image"):
         source = source.resolve_image()
-    if isinstance(source, (bytes, bytearray)):
-        return hashlib.sha256(source).hexdigest()
-    return sha256_file(source)
+    # The decoder's opener: a FIFO, device or oversized file is refused instead of read (or waited on) forever.
+    try:
+        _, fp, _ = open_image_source(source)
+    except ImageDecodeError as e:
+        raise OSError(f"{e.path or 'image'}: {e.reason}") from None
+    with fp:
+        return hashlib.file_digest(fp, "sha256").hexdigest()
 
 
 class ImageArrayCache:
