@@ -79,3 +79,84 @@ def test_bytes_like_sources_decode_alike(tmp_path):
     for source in (bytearray(data), memoryview(data), io.BytesIO(data)):
         np.testing.assert_array_equal(load_and_preprocess(source, SPEC), ref)
     assert content_sha256(data) == content_sha256(bytearray(data))
+
+
+# ------------------------------------------------------------------------------------------ Python API inputs
+@pytest.fixture(scope="module")
+def det(artifact):
+    from sid_edge.runtime.detector import Detector
+
+    with Detector.load(artifact) as d:
+        yield d
+
+
+def test_one_path_is_one_input_and_bytes_like_inputs_are_scored(det, photo_dir):
+    path = photo_dir / "coffee.jpg"
+    data = path.read_bytes()
+    one = det.predict(str(path))
+    assert len(one) == 1 and one[0].ok and one[0].source == str(path)
+    preds = det.predict([data, bytearray(data), memoryview(data), io.BytesIO(data), path])
+    assert all(p.ok for p in preds)
+    assert len({round(p.p_synthetic, 7) for p in preds}) == 1
+    assert [p.source for p in preds[:4]] == [0, 1, 2, 3]  # in-memory inputs keep only their position
+    assert det.predict(data)[0].p_synthetic == preds[0].p_synthetic
+
+
+def test_a_bad_input_type_is_its_own_error_row(det, photo_dir):
+    preds = det.predict([photo_dir / "coffee.jpg", 42, photo_dir / "coffee.jpg"])
+    assert [p.ok for p in preds] == [True, False, True]
+    assert "unsupported input type int" in preds[1].error
+
+
+def test_the_same_pil_image_many_times_scores_like_its_file(det, photo_dir, tmp_path):
+    path = photo_dir / "astronaut.png"
+    img = Image.open(path)  # lazy: not yet loaded, shared by every position below
+    preds = det.predict([img] * 6, batch_size=3, workers=4)
+    ref = det.predict(path)[0].p_synthetic
+    assert all(p.ok for p in preds) and max(abs(p.p_synthetic - ref) for p in preds) < 1e-6
+
+
+def test_pil_image_with_exif_orientation_scores_like_the_file(det, photo_dir, tmp_path):
+    src = Image.open(photo_dir / "astronaut.png").convert("RGB").resize((96, 64))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    rotated = tmp_path / "oriented.jpg"
+    src.save(rotated, exif=exif, quality=95)
+    by_path = det.predict(rotated)[0].p_synthetic
+    by_pil = det.predict(Image.open(rotated))[0].p_synthetic
+    assert abs(by_path - by_pil) < 1e-6
+
+
+def test_truncated_file_is_refused_even_with_pillows_global_workaround(det, photo_dir, tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes((photo_dir / "coffee.jpg").read_bytes()[:4000])
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    pred = det.predict(cut)[0]
+    assert not pred.ok and "truncated" in pred.error
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the host's setting is left as it was
+
+
+def test_prediction_to_dict_is_json_and_results_do_not_keep_frames(det):
+    import json
+    import weakref
+
+    frame = np.random.default_rng(0).integers(0, 255, (720, 1280, 3), dtype=np.uint8)
+    ref = weakref.ref(frame)
+    pred = det.predict([frame])[0]
+    del frame
+    assert ref() is None  # the result holds no reference to the frame
+    d = json.loads(json.dumps(pred.to_dict()))
+    assert d["source"] == 0 and d["prediction"] in ("real", "synthetic") and len(d["head_activations"]) == det.manifest.head.k
+    assert len(d["concept_scores"]) == len(det.concept_names) and d["top_concepts"]
+
+
+def test_closed_detector_refuses_to_run(artifact):
+    from sid_edge.runtime.detector import Detector
+
+    d = Detector.load(artifact)
+    d.close()
+    d.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        d.run(np.zeros((1, 3, 64, 64), np.float32))

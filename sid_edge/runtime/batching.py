@@ -13,14 +13,24 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
+from PIL import Image, ImageOps
 
-from sid_edge.runtime.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_and_preprocess, preprocess
+from sid_edge.runtime.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageDecodeError,
+    load_and_preprocess,
+    open_image_source,
+    preprocess,
+)
 from sid_edge.artifact.preprocessing import Preprocessing
 
 
 @dataclass
 class Item:
-    """One input after preprocessing: ``pixels`` float32 [3,S,S], or ``error`` (a reason) when it failed."""
+    """One input after preprocessing: ``pixels`` float32 [3,S,S], or ``error`` (a reason) when it failed.
+
+    ``source`` is the input for paths and lazy dataset references, and the input's position (an int) for
+    in-memory inputs (images, arrays, bytes), so results never keep frames alive."""
 
     index: int
     source: object
@@ -49,20 +59,52 @@ def default_workers() -> int:
     return max(2, os.cpu_count() or 2)
 
 
+ENCODED = (str, os.PathLike, bytes, bytearray, memoryview)
+
+
+def result_source(index: int, source) -> object:
+    """What a result keeps of its input: paths and lazy dataset references as given, else the input's index."""
+    return source if isinstance(source, (str, os.PathLike)) or hasattr(source, "resolve_image") else index
+
+
+def own_copy(source):
+    """Make an input safe to hand to a decoder thread, in the caller's thread.
+
+    PIL images are not thread-safe (the same object passed twice would be decoded by two threads at once): each
+    gets a private, loaded copy, upright by its EXIF orientation as a file passed by path would be. File objects
+    are read here (their position belongs to the caller). Raises ImageDecodeError for a PIL image that cannot load.
+    """
+    if isinstance(source, Image.Image):
+        try:
+            return ImageOps.exif_transpose(source)  # a new, loaded image (a copy when there is nothing to turn)
+        except Exception as e:
+            raise ImageDecodeError(None, f"cannot load the PIL image ({type(e).__name__}: {e})") from None
+    if hasattr(source, "read") and not isinstance(source, ENCODED):
+        _, fp, _ = open_image_source(source)
+        return fp.getvalue()
+    return source
+
+
 def _load(index: int, source, spec: Preprocessing, max_pixels: int) -> Item:
+    kept = result_source(index, source)
     try:
+        if isinstance(source, ImageDecodeError):  # own_copy failed in the caller's thread
+            raise source
         # A lazy reference into a parquet/arrow dataset (sid_edge.tools.datasets.ImageRef): read its bytes here, in the
         # worker thread, so that reading overlaps inference like decoding does.
         encoded = source.resolve_image() if hasattr(source, "resolve_image") else source
-        if isinstance(encoded, (str, os.PathLike, bytes)):
+        if isinstance(encoded, ENCODED):
             pixels = load_and_preprocess(encoded, spec, max_pixels=max_pixels)
-        else:  # an in-memory image (PIL or HxWx3 uint8 RGB array)
-            pixels = preprocess(source, spec)
-        return Item(index, source, pixels, None)
+        elif isinstance(encoded, (Image.Image, np.ndarray)):  # an in-memory image (PIL or HxWx3 uint8 RGB array)
+            pixels = preprocess(encoded, spec)
+        else:
+            raise TypeError(f"unsupported input type {type(encoded).__name__} (expected a path, bytes, a binary file "
+                            f"object, a PIL image or an HxWx3 uint8 RGB array)")
+        return Item(index, kept, pixels, None)
     except ImageDecodeError as e:
-        return Item(index, source, None, e.reason)
-    except (ValueError, OSError, MemoryError) as e:  # last line of defence: one bad image never stops a run
-        return Item(index, source, None, f"{type(e).__name__}: {e}")
+        return Item(index, kept, None, e.reason)
+    except (ValueError, OSError, MemoryError, TypeError) as e:  # last line of defence: one bad input never stops a run
+        return Item(index, kept, None, f"{type(e).__name__}: {e}")
 
 
 def iter_batches(
@@ -103,6 +145,10 @@ def iter_batches(
                 except StopIteration:
                     exhausted = True
                     break
+                try:
+                    src = own_copy(src)
+                except ImageDecodeError as e:
+                    src = e
                 pending.append(pool.submit(_load, i, src, spec, max_pixels))
             if not pending:
                 break

@@ -11,7 +11,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 
@@ -40,7 +40,7 @@ class Prediction:
     ``concept_contributions`` float32 [C] (its per-concept terms; they sum, plus a bias, to concept_logit).
     """
 
-    source: object
+    source: object  # the path (or dataset reference) given, or the input's position for in-memory inputs
     p_synthetic: float | None
     logit: float | None
     prediction: str | None
@@ -55,6 +55,25 @@ class Prediction:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    def to_dict(self) -> dict:
+        """JSON-ready result: source (path as text, or the input's index), p_synthetic, logit, prediction, error,
+        head_activations and concept outputs as lists of floats, top_concepts as ``{"name", "score"[,
+        "contribution"]}``. ``json.dumps`` accepts it."""
+        def floats(a):
+            return None if a is None else [float(v) for v in np.asarray(a).ravel()]
+
+        src = self.source
+        out = {"source": src if isinstance(src, int) else os.fsdecode(src) if isinstance(src, (str, os.PathLike)) else str(src),
+               "p_synthetic": self.p_synthetic, "logit": self.logit, "prediction": self.prediction, "error": self.error,
+               "head_activations": floats(self.head_activations)}
+        if self.concept_scores is not None:
+            out["concept_scores"] = floats(self.concept_scores)
+            out["top_concepts"] = [h.to_dict() for h in self.top_concepts]
+        if self.concept_logit is not None:
+            out["concept_logit"] = self.concept_logit
+            out["concept_contributions"] = floats(self.concept_contributions)
+        return out
 
 
 class Detector:
@@ -171,10 +190,14 @@ class Detector:
         for batch in iter_batches(sources, self.preprocessing, batch_size, workers=workers, max_pixels=max_pixels):
             yield self._score(batch)
 
-    def predict(self, images: Sequence, *, batch_size: int = 8, workers: int | None = None) -> list[Prediction]:
-        """Score images: file paths (str/PathLike), encoded bytes, PIL images, or HxWx3 uint8 numpy arrays in RGB
-        channel order (convert OpenCV's BGR frames with ``frame[..., ::-1]``). Returns one Prediction per input,
-        in order; undecodable inputs get ``error`` set instead of raising."""
+    def predict(self, images, *, batch_size: int = 8, workers: int | None = None) -> list[Prediction]:
+        """Score images: file paths (str/PathLike), encoded bytes (bytes, bytearray, memoryview, a binary file
+        object), PIL images, or HxWx3 uint8 numpy arrays in RGB channel order (convert OpenCV's BGR frames with
+        ``frame[..., ::-1]``); a sequence of them, or one of them alone. Returns one Prediction per input, in order;
+        undecodable inputs get ``error`` set instead of raising. PIL images are copied in the calling thread (Pillow
+        objects are not thread-safe) and turned upright by their EXIF orientation, like a file passed by path."""
+        if _is_single_input(images):
+            images = [images]
         out: list[Prediction] = []
         for preds in self.predict_batches(images, batch_size=batch_size, workers=workers):
             out.extend(preds)
@@ -209,6 +232,15 @@ class Detector:
             pred.top_concepts = top_concepts(self.concept_names, pred.concept_scores, pred.concept_contributions,
                                              self.top_concepts)
         return pred
+
+def _is_single_input(x) -> bool:
+    """One image rather than a sequence of them (a str would otherwise be iterated character by character)."""
+    from PIL import Image
+
+    return (isinstance(x, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image))
+            or (isinstance(x, np.ndarray) and x.ndim == 3 and x.dtype == np.uint8)
+            or (hasattr(x, "read") and not isinstance(x, (list, tuple))))
+
 
 def default_precision(manifest: Manifest) -> str:
     """The manifest's ``default_precision``; else ``fp32`` when present; else its first model."""

@@ -17,6 +17,7 @@ import io
 import os
 import stat
 import struct
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Union
@@ -24,7 +25,7 @@ from typing import Any, Union
 from sid_edge.artifact.preprocessing import Preprocessing
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -328,6 +329,24 @@ def open_image_source(source: Any, max_bytes: int = MAX_FILE_BYTES) -> tuple[str
     return path, fp, st.st_size
 
 
+_STRICT_LOAD = threading.Lock()
+
+
+def _load_strict(im: Image.Image) -> None:
+    """``im.load()`` that never accepts a truncated file, even when the host process has set Pillow's global
+    ``ImageFile.LOAD_TRUNCATED_IMAGES = True`` (a workaround other projects suggest): the flag is turned off for
+    the duration of this load (under a lock) and restored after."""
+    if not ImageFile.LOAD_TRUNCATED_IMAGES:
+        im.load()
+        return
+    with _STRICT_LOAD:
+        saved, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+        try:
+            im.load()
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
 def decode_image(source: Source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode an image file or byte string into a fully loaded mode-"RGB" PIL image.
 
@@ -374,7 +393,8 @@ def decode_image(source: Source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
         TypeError: ``source`` is neither a path nor bytes (a programming error, not a bad file).
         ValueError: ``max_pixels`` is not a positive int or None.
 
-    Truncated files are never decoded partially: ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left alone.
+    Truncated files are never decoded partially, even when the host process set
+    ``ImageFile.LOAD_TRUNCATED_IMAGES = True`` (see :func:`_load_strict`).
     """
     if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0):
         raise ValueError(f"max_pixels must be a positive int or None, got {max_pixels!r}")
@@ -405,7 +425,7 @@ def decode_image(source: Source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
 
         # 2. pixels of the first frame (Image.open leaves frame 0 selected)
         try:
-            im.load()
+            _load_strict(im)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise _bomb_error(path, fp, prefix, max_pixels, e) from None
         except Exception as e:
