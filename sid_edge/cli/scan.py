@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.markup import escape
+
 from sid_edge.cli.common import (
     BACKEND_CHOICES,
     EXIT_OK,
@@ -38,6 +40,12 @@ def add_parser(sub) -> None:
     s.add_argument("--top-concepts", type=int, default=3, metavar="N",
                    help="top concepts per row when the artifact has a vocabulary: by |contribution| with a concept "
                         "model, else by |concept score|; 0 for none (default: %(default)s)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue an interrupted scan to the same --out: keep the rows of files unchanged since (size "
+                        "and modification time), score the rest; no file gets two rows")
+    s.add_argument("--all-files", action="store_true",
+                   help="give every file found in a folder a row (by default only image extensions are read and the "
+                        "others are counted as skipped)")
 
 
 
@@ -45,7 +53,7 @@ def run(args) -> int:
     from sid_edge.runtime.detector import Detector
     from sid_edge.runtime.images import DEFAULT_MAX_PIXELS
     from sid_edge.artifact.manifest import ManifestError
-    from sid_edge.runtime.scan import scan
+    from sid_edge.runtime.scan import OutputError, check_output, scan
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
@@ -56,6 +64,11 @@ def run(args) -> int:
     missing = [p for p in args.paths if not Path(p).exists() and not Path(p).is_symlink()]
     if missing:
         raise UsageError("no such file or folder: " + ", ".join(missing))
+    if args.out is not None:
+        try:
+            check_output(args.out, [])  # a folder, or below a file: stop before loading the model
+        except OutputError as e:
+            raise UsageError(str(e)) from None
     model_dir = args.model if args.model is not None else default_model_dir()
     try:
         det = Detector.load(model_dir, precision=args.precision, backend=args.backend, threshold=args.threshold,
@@ -64,11 +77,24 @@ def run(args) -> int:
         raise ModelError(str(e)) from e
     console.print(f"backend: {det.backend_choice.describe()}", highlight=False)
     progress = False if args.no_progress else None
-    summary = scan(args.paths, det, out=args.out, batch_size=args.batch_size, workers=args.workers,
-                   max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, progress=progress, top_concepts=args.top_concepts)
+    try:
+        with det:
+            summary = scan(args.paths, det, out=args.out, batch_size=args.batch_size, workers=args.workers,
+                           max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, progress=progress,
+                           top_concepts=args.top_concepts, resume=args.resume, all_files=args.all_files)
+    except OutputError as e:
+        raise UsageError(str(e)) from None
+    for folder in summary.unreadable_folders:
+        console.print(f"[yellow]could not list[/] {escape(folder)} (its files were not scanned)", highlight=False)
+    skipped = sum(summary.skipped.values())
     console.print(
-        f"{count(summary.files, 'file')}: {summary.scored} scored ({summary.synthetic} synthetic at threshold "
-        f"{det.threshold:g}), {count(summary.errors, 'error')}; {summary.images_per_second:.1f} images/s on {det.backend}"
+        f"{count(summary.files, 'row')}: {summary.scored} scored ({summary.synthetic} synthetic at threshold "
+        f"{det.threshold:g}), {count(summary.errors, 'error')}"
+        + (f", {summary.kept} kept from the earlier run" if summary.kept else "")
+        + (f"; skipped {count(skipped, 'file')} that are not images ("
+           + ", ".join(f"{n} {ext or '(no extension)'}" for ext, n in sorted(summary.skipped.items(), key=lambda kv: -kv[1]))
+           + "; --all-files scores them too)" if skipped else "")
+        + f"; {summary.images_per_second:.1f} images/s on {det.backend_name}"
         + (f"; results in {args.out}" if args.out else ""),
         highlight=False,
     )

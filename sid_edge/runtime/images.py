@@ -18,7 +18,9 @@ import os
 import stat
 import struct
 import threading
+from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
@@ -50,6 +52,19 @@ MAX_ASPECT_RATIO: float = 32.0
 Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
 
 
+def _register_heif() -> bool:
+    # HEIC/HEIF is what phones upload; pillow-heif adds it to Pillow (a runtime dependency, optional at import).
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+_HEIF = _register_heif()
+
+
 def _image_extensions() -> frozenset[str]:
     # Raster formats a photo or generated image arrives in. Codec-backed formats are listed only when this Pillow
     # build can actually decode them, so a scan never collects files it is bound to fail on for lack of a codec.
@@ -61,6 +76,8 @@ def _image_extensions() -> frozenset[str]:
         ".gif",
         ".ppm", ".pgm", ".pbm", ".pnm",
     }
+    if _HEIF:
+        exts |= {".heic", ".heif", ".hif"}
     try:
         from PIL import features
 
@@ -576,6 +593,55 @@ def load_and_preprocess(
 
 def _raise(err: OSError) -> None:
     raise err
+
+
+@dataclass
+class Discovery:
+    """What :func:`discover` found: ``files`` to score (in order), files in folders that were ``skipped`` (not an
+    image extension; count by lower-case extension, ``""`` for none) and ``unreadable`` folders (path, reason)."""
+
+    files: list[Path]
+    skipped: Counter
+    unreadable: list[tuple[Path, str]]
+
+
+def discover(paths: Iterable[str | os.PathLike[str]], *, all_files: bool = False) -> Discovery:
+    """Expand files and directories like :func:`discover_images`, but never stop at an unreadable folder: it is
+    reported in ``unreadable`` and the rest is scanned. ``all_files`` keeps every file found in a folder.
+
+    Raises FileNotFoundError for an argument that does not exist at all (not even as a dangling link)."""
+    files: list[Path] = []
+    skipped: Counter = Counter()
+    unreadable: list[tuple[Path, str]] = []
+    seen: set[Path] = set()
+
+    def add(p: Path) -> None:
+        key = p.absolute()
+        if key not in seen:
+            seen.add(key)
+            files.append(p)
+
+    def unlistable(err: OSError) -> None:
+        unreadable.append((Path(os.fsdecode(err.filename)), err.strerror or type(err).__name__))
+
+    for arg in paths:
+        p = Path(arg)
+        if p.is_dir():
+            found = []
+            for root, _dirs, names in os.walk(p, followlinks=False, onerror=unlistable):
+                for name in names:
+                    ext = os.path.splitext(name)[1].lower()
+                    if all_files or ext in IMAGE_EXTENSIONS:
+                        found.append(Path(root, name))
+                    else:
+                        skipped[ext] += 1
+            for f in sorted(found):
+                add(f)
+        elif os.path.lexists(p):
+            add(p)
+        else:
+            raise FileNotFoundError(2, "No such file or directory", str(arg))
+    return Discovery(files, skipped, unreadable)
 
 
 def discover_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:

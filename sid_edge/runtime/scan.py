@@ -2,61 +2,118 @@
 
 Row fields: ``path``, ``p_synthetic`` (empty when not scored), ``prediction`` ("synthetic"/"real" at the
 threshold, empty when not scored), ``error`` (empty when scored, else the reason). Artifacts with a vocabulary
-add ``top_concepts`` (when N > 0): in CSV a ``name:value;name:value`` cell (see :mod:`sid_edge.runtime.concept_ranking`), in
-JSONL a list of ``{"name", "score"[, "contribution"]}`` objects; JSONL rows also carry ``concept_logit`` when the
-artifact has a concept model.
+add ``top_concepts`` (when N > 0): in CSV a ``name:value;name:value`` cell (see
+:mod:`sid_edge.runtime.concept_ranking`), in JSONL a list of ``{"name", "score"[, "contribution"]}`` objects; JSONL
+rows also carry ``concept_logit`` when the artifact has a concept model.
+
+Hostile names and outputs:
+
+* **Paths** are written as text. A name that is not valid UTF-8 (Linux names are bytes) gets its undecodable bytes
+  written as ``\\xNN`` escapes (Python's ``backslashreplace``); JSONL rows then also carry ``path_bytes``, the
+  exact name as base64, so every row maps back to its file (``os.fsdecode(base64.b64decode(row["path_bytes"]))``).
+* **CSV cells** that a spreadsheet would read as a formula (starting with ``=``, ``+``, ``-``, ``@``, tab or carriage
+  return) are prefixed with ``'`` (OWASP, "CSV Injection"); JSONL keeps every value exactly.
+* **The output file** is locked while a scan writes it (a second scan to the same file stops with a message), may
+  not be one of the scanned files, and receives complete rows batch by batch (a killed scan keeps them).
+* **Resume** (``resume=True``): a sidecar ``<out>.resume.jsonl`` records the size and modification time of each file
+  whose row is complete; a resumed scan keeps the rows of unchanged files, rescoring changed, new and unconfirmed
+  ones, and never writes a file's row twice.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import csv
+import fcntl
+import io
 import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO, Iterator, Sequence
 
-from sid_edge.runtime.detector import Detector, Prediction
-from sid_edge.runtime.images import DEFAULT_MAX_PIXELS, discover_images
-from sid_edge.runtime.progress import progress_bar
+from sid_edge.artifact.files import write_text_atomic
 from sid_edge.runtime.concept_ranking import DEFAULT_TOP_CONCEPTS, format_csv_cell
+from sid_edge.runtime.detector import Detector, Prediction
+from sid_edge.runtime.images import DEFAULT_MAX_PIXELS, Discovery, discover
+from sid_edge.runtime.progress import progress_bar
 
 FIELDS = ("path", "p_synthetic", "prediction", "error")
+#: First characters that make spreadsheet programs evaluate a cell (OWASP "CSV Injection").
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+class OutputError(ValueError):
+    """The ``out`` file cannot be used (a folder, unwritable, one of the inputs, or being written by another scan)."""
 
 
 @dataclass
 class ScanSummary:
-    """Counts and timing of a finished scan; ``images_per_second`` counts every discovered file over wall time."""
+    """Counts and timing of a finished scan; ``images_per_second`` counts every row written over wall time.
+
+    ``skipped`` counts files in scanned folders that were not images, by extension (``--all-files`` gives them rows);
+    ``unreadable_folders`` lists folders that could not be listed (each also has an error row); ``kept`` counts rows
+    kept from an earlier run (resume)."""
 
     files: int
     scored: int
     synthetic: int
     errors: int
     seconds: float
+    skipped: dict[str, int] = field(default_factory=dict)
+    unreadable_folders: list[str] = field(default_factory=list)
+    kept: int = 0
 
     @property
     def images_per_second(self) -> float:
-        return self.files / self.seconds if self.seconds > 0 else float("nan")
+        return (self.files - self.kept) / self.seconds if self.seconds > 0 else float("nan")
+
+
+def path_text(path: str | os.PathLike) -> str:
+    """The path as text for a result row: undecodable bytes of a non-UTF-8 name become ``\\xNN`` escapes."""
+    raw = os.fsencode(path)
+    return raw.decode("utf-8", errors="backslashreplace")
+
+
+def _path_bytes(path: str | os.PathLike) -> str | None:
+    raw = os.fsencode(path)
+    try:
+        raw.decode("utf-8")
+        return None
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode("ascii")
+
+
+def csv_safe(text: str) -> str:
+    """Neutralise a CSV cell a spreadsheet would evaluate: prefix ``'`` when it starts with = + - @ tab or CR."""
+    return "'" + text if text.startswith(FORMULA_START) else text
 
 
 class ResultWriter:
     """Writes rows as CSV (header first) or JSONL (one object per line), chosen by ``fmt`` ("csv" | "jsonl").
-    ``concepts``: add the ``top_concepts`` field (after the standard ones)."""
+    ``concepts``: add the ``top_concepts`` field (after the standard ones). ``header``: write the CSV header."""
 
-    def __init__(self, stream: IO[str], fmt: str, concepts: bool = False):
+    def __init__(self, stream: IO[str], fmt: str, concepts: bool = False, header: bool = True):
         if fmt not in ("csv", "jsonl"):
             raise ValueError(f"unknown output format {fmt!r}; use .csv or .jsonl")
         self.stream, self.fmt, self.concepts = stream, fmt, concepts
         if fmt == "csv":
-            fields = FIELDS + (("top_concepts",) if concepts else ())
-            self._csv = csv.DictWriter(stream, fieldnames=fields, lineterminator="\n")
-            self._csv.writeheader()
+            self.fields = FIELDS + (("top_concepts",) if concepts else ())
+            self._csv = csv.DictWriter(stream, fieldnames=self.fields, lineterminator="\n")
+            if header:
+                self._csv.writeheader()
 
-    def write(self, path: str, pred: Prediction) -> None:
+    def write(self, path, pred: Prediction) -> None:
+        text = path_text(path) if isinstance(path, (str, os.PathLike)) else str(path)
         if self.fmt == "jsonl":
-            row = {"path": path, "p_synthetic": pred.p_synthetic, "prediction": pred.prediction, "error": pred.error or ""}
+            row = {"path": text, "p_synthetic": pred.p_synthetic, "prediction": pred.prediction, "error": pred.error or ""}
+            raw = _path_bytes(path) if isinstance(path, (str, os.PathLike)) else None
+            if raw is not None:
+                row["path_bytes"] = raw
             if self.concepts:
                 row["top_concepts"] = [h.to_dict() for h in pred.top_concepts]
                 if pred.concept_logit is not None:
@@ -64,14 +121,18 @@ class ResultWriter:
             self.stream.write(json.dumps(row, ensure_ascii=False) + "\n")
         else:
             row = {
-                "path": path,
+                "path": csv_safe(text),
                 "p_synthetic": "" if pred.p_synthetic is None else f"{pred.p_synthetic:.7g}",
                 "prediction": pred.prediction or "",
-                "error": pred.error or "",
+                "error": csv_safe(pred.error or ""),
             }
             if self.concepts:
-                row["top_concepts"] = format_csv_cell(pred.top_concepts)
+                row["top_concepts"] = csv_safe(format_csv_cell(pred.top_concepts))
             self._csv.writerow(row)
+
+    def write_raw(self, record: str) -> None:
+        """Copy a complete row kept from an earlier run (its text as read, newline included)."""
+        self.stream.write(record)
 
 
 def output_format(out: str | os.PathLike | None) -> str:
@@ -79,6 +140,119 @@ def output_format(out: str | os.PathLike | None) -> str:
     return "jsonl" if out is not None and Path(out).suffix.lower() in (".jsonl", ".ndjson") else "csv"
 
 
+def resume_file(out: str | os.PathLike) -> Path:
+    """The sidecar that makes ``--resume`` safe: ``<out>.resume.jsonl``."""
+    out = Path(out)
+    return out.with_name(out.name + ".resume.jsonl")
+
+
+def _stamp(path: str | os.PathLike) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _key(path: str | os.PathLike) -> str:
+    return os.fsencode(os.path.abspath(path)).decode("utf-8", "surrogateescape")
+
+
+# ------------------------------------------------------------------------------------------------ the output file
+def check_output(out: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -> Path:
+    """Refuse (OutputError) an ``out`` that is a folder, lies below a file, or is one of ``inputs``."""
+    p = Path(out)
+    if p.is_dir():
+        raise OutputError(f"--out {out}: is a folder; name a .csv or .jsonl file")
+    for parent in p.absolute().parents:
+        if parent.exists() and not parent.is_dir():
+            raise OutputError(f"--out {out}: {parent} is a file, not a folder")
+    if p.exists():
+        target = p.resolve()
+        if any(Path(i).resolve() == target for i in inputs):
+            raise OutputError(f"--out {out}: is one of the files to scan; writing results there would destroy it")
+    return p
+
+
+@contextlib.contextmanager
+def _locked_output(out: Path, resume: bool) -> Iterator[IO[str]]:
+    """The output file opened for writing under an exclusive lock (fcntl.flock), emptied unless resuming."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stream = open(out, "a+", newline="", encoding="utf-8", errors="strict")
+    except OSError as e:
+        raise OutputError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+    try:
+        try:
+            fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise OutputError(f"--out {out}: another scan is writing this file; wait for it or choose another") from None
+        if not resume:
+            stream.truncate(0)
+        yield stream
+    finally:
+        stream.close()
+
+
+def _complete_records(text: str, fmt: str) -> list[tuple[str, str]]:
+    """Complete rows of an earlier output as (path text, exact record text); a partial last row is dropped."""
+    out = []
+    if fmt == "jsonl":
+        for line in text.splitlines(keepends=True):
+            if not line.endswith("\n"):
+                break
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            out.append((row.get("path_bytes") or row.get("path"), line))
+        return out
+    buf = io.StringIO(text)
+    reader = csv.reader(buf)
+    try:
+        next(reader)  # header
+    except (StopIteration, csv.Error):
+        return []
+    start = buf.tell()
+    try:
+        for row in reader:
+            end = buf.tell()
+            record = text[start:end]
+            start = end
+            if row and record.endswith("\n"):
+                out.append((row[0], record))
+    except csv.Error:  # an unterminated quoted field at the end: a partial row
+        pass
+    return out
+
+
+def _earlier_rows(out: Path, fmt: str, files: dict[str, Path]) -> dict[str, str]:
+    """Rows of an earlier run worth keeping, by file key: complete, confirmed in the sidecar, file unchanged."""
+    side = resume_file(out)
+    if not out.is_file() or not side.is_file():
+        return {}
+    confirmed: dict[str, list] = {}
+    for line in side.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+            confirmed[entry["key"]] = entry["stamp"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a partial last line of a killed run
+    by_text = {}
+    for key, path in files.items():
+        by_text.setdefault(path_text(path), key)
+        if _path_bytes(path):
+            by_text.setdefault(_path_bytes(path), key)
+    kept: dict[str, str] = {}
+    for shown, record in _complete_records(out.read_text(encoding="utf-8", errors="replace"), fmt):
+        shown = shown[1:] if fmt == "csv" and shown.startswith("'") and shown[1:].startswith(FORMULA_START) else shown
+        key = by_text.get(shown)
+        if key is not None and key not in kept and confirmed.get(key) == _stamp(files[key]):
+            kept[key] = record
+    return kept
+
+
+# ------------------------------------------------------------------------------------------------ scan
 def scan(
     paths: Sequence[str | os.PathLike],
     detector: Detector,
@@ -89,24 +263,59 @@ def scan(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool | None = None,
     top_concepts: int = DEFAULT_TOP_CONCEPTS,
+    resume: bool = False,
+    all_files: bool = False,
 ) -> ScanSummary:
     """Discover images under ``paths`` (recursively) and score them, writing one row per file to ``out``
-    (CSV, or JSONL by extension; stdout when None) as results arrive. ``top_concepts``: concepts per row when
-    the artifact has a vocabulary (0: no ``top_concepts`` field); it is set on ``detector.top_concepts``.
+    (CSV, or JSONL by extension; stdout when None) as results arrive.
 
-    Raises FileNotFoundError for a path argument that does not exist; never for a bad image.
+    Args:
+        top_concepts: concepts per row when the artifact has a vocabulary (0: no ``top_concepts`` field); it is set on
+            ``detector.top_concepts``.
+        resume: keep the rows of an earlier run to the same ``out`` for files unchanged since (module docstring).
+        all_files: give every file found in a folder a row, not only those with an image extension.
+
+    Raises:
+        FileNotFoundError: a path argument that does not exist.
+        OutputError: ``out`` cannot be used (module docstring). Never raised for a bad image or an unreadable folder.
     """
-    files = [p for p in discover_images(paths)]
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-    stream = open(out, "w", newline="", encoding="utf-8") if out is not None else sys.stdout
-    counts = {"scored": 0, "synthetic": 0, "errors": 0}
+    found: Discovery = discover(paths, all_files=all_files)
+    files = found.files
+    if resume and out is None:
+        raise OutputError("--resume needs --out FILE (the results of the run to resume)")
+    counts = Counter()
+    fmt = output_format(out)
+    concepts = bool(detector.concept_names) and top_concepts > 0
+    detector.top_concepts = top_concepts
     start = time.perf_counter()
-    try:
-        detector.top_concepts = top_concepts
-        writer = ResultWriter(stream, output_format(out), concepts=bool(detector.concept_names) and top_concepts > 0)
-        with progress_bar("Scanning", total=len(files), enabled=progress) as advance:
-            for preds in detector.predict_batches([str(f) for f in files], batch_size=batch_size, workers=workers, max_pixels=max_pixels):
+    with contextlib.ExitStack() as stack:
+        if out is None:
+            stream, side, kept = sys.stdout, None, {}
+        else:
+            target = check_output(out, files)
+            keys = {_key(f): f for f in files}
+            stream = stack.enter_context(_locked_output(target, resume))
+            kept = _earlier_rows(target, fmt, keys) if resume else {}  # read under the lock
+            # Start from exactly the rows worth keeping (written whole, then the sidecar that confirms them).
+            stream.seek(0)
+            stream.truncate(0)
+            writer = ResultWriter(stream, fmt, concepts=concepts)
+            for record in kept.values():
+                writer.write_raw(record)
+            stream.flush()
+            stamps = {k: _stamp(keys[k]) for k in kept}
+            side_path = resume_file(target)
+            write_text_atomic(side_path, "".join(json.dumps({"key": k, "stamp": s}) + "\n" for k, s in stamps.items()))
+            side = stack.enter_context(open(side_path, "a", encoding="utf-8"))
+        if out is None:
+            writer = ResultWriter(stream, fmt, concepts=concepts)
+        for folder, reason in found.unreadable:
+            writer.write(folder, Prediction(folder, None, None, None, error=f"cannot list this folder ({reason})"))
+            counts["errors"] += 1
+        todo = [f for f in files if _key(f) not in kept]
+        with progress_bar("Scanning", total=len(todo), enabled=progress) as advance:
+            for preds in detector.predict_batches([str(f) for f in todo], batch_size=batch_size, workers=workers,
+                                                  max_pixels=max_pixels):
                 for pred in preds:
                     writer.write(pred.source, pred)
                     if pred.ok:
@@ -115,8 +324,12 @@ def scan(
                     else:
                         counts["errors"] += 1
                 stream.flush()
+                if side is not None:  # rows confirmed only once they are complete in the output
+                    side.write("".join(json.dumps({"key": _key(p.source), "stamp": _stamp(p.source)}) + "\n"
+                                       for p in preds))
+                    side.flush()
                 advance(len(preds))
-    finally:
-        if out is not None:
-            stream.close()
-    return ScanSummary(len(files), counts["scored"], counts["synthetic"], counts["errors"], time.perf_counter() - start)
+    rows = len(files) + len(found.unreadable)
+    return ScanSummary(rows, counts["scored"], counts["synthetic"], counts["errors"], time.perf_counter() - start,
+                       skipped=dict(found.skipped), unreadable_folders=[path_text(f) for f, _ in found.unreadable],
+                       kept=len(kept))
