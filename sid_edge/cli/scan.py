@@ -38,6 +38,15 @@ def add_parser(sub) -> None:
     s.add_argument("--top-concepts", type=int, default=3, metavar="N",
                    help="top concepts per row when the artifact has a vocabulary: by |contribution| with a concept "
                         "model, else by |concept score|; 0 for none (default: %(default)s)")
+    g = s.add_argument_group("provenance (evidence beside the score; never changes p_synthetic)")
+    g.add_argument("--no-provenance", action="store_true",
+                   help="no `provenance` field (by default each row lists C2PA, IPTC digital source type and generator "
+                        "metadata signals read from the file's metadata, without decoding pixels)")
+    g.add_argument("--c2pa-trust", default=None, metavar="FILE",
+                   help="PEM file of C2PA trust anchors: signatures chaining to them read 'trusted' (default: none, "
+                        "valid signatures read 'valid-untrusted')")
+    g.add_argument("--watermark", action="store_true",
+                   help="also decode Stable Diffusion's invisible DWT-DCT watermark (decodes each image a second time)")
 
 
 
@@ -56,6 +65,8 @@ def run(args) -> int:
     missing = [p for p in args.paths if not Path(p).exists() and not Path(p).is_symlink()]
     if missing:
         raise UsageError("no such file or folder: " + ", ".join(missing))
+    if args.c2pa_trust is not None and not Path(args.c2pa_trust).is_file():
+        raise UsageError(f"--c2pa-trust {args.c2pa_trust}: no such file")
     model_dir = args.model if args.model is not None else default_model_dir()
     try:
         det = Detector.load(model_dir, precision=args.precision, backend=args.backend, threshold=args.threshold,
@@ -63,6 +74,17 @@ def run(args) -> int:
     except (ManifestError, ValueError) as e:  # BackendUnavailable is a ValueError
         raise ModelError(str(e)) from e
     console.print(f"backend: {det.backend_choice.describe()}", highlight=False)
+    if not args.no_provenance:
+        from sid_edge.provenance import attach
+
+        try:
+            reader = attach(det, c2pa_trust=args.c2pa_trust, check_watermark=args.watermark)
+        except ValueError as e:
+            raise UsageError(str(e)) from e
+        for kind, reason in reader.unavailable.items():
+            console.print(f"provenance: {kind} not checked: {reason}", highlight=False)
+    elif args.c2pa_trust or args.watermark:
+        raise UsageError("--c2pa-trust and --watermark need provenance; drop --no-provenance")
     progress = False if args.no_progress else None
     summary = scan(args.paths, det, out=args.out, batch_size=args.batch_size, workers=args.workers,
                    max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, progress=progress, top_concepts=args.top_concepts)

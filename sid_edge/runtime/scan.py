@@ -4,7 +4,9 @@ Row fields: ``path``, ``p_synthetic`` (empty when not scored), ``prediction`` ("
 threshold, empty when not scored), ``error`` (empty when scored, else the reason). Artifacts with a vocabulary
 add ``top_concepts`` (when N > 0): in CSV a ``name:value;name:value`` cell (see :mod:`sid_edge.runtime.concept_ranking`), in
 JSONL a list of ``{"name", "score"[, "contribution"]}`` objects; JSONL rows also carry ``concept_logit`` when the
-artifact has a concept model.
+artifact has a concept model. With a provenance reader on the detector (``Detector.provenance_reader``, see
+:mod:`sid_edge.provenance`), rows add ``provenance``: in CSV a ``kind:label;kind:label`` cell, in JSONL the list of
+signal objects.
 """
 
 from __future__ import annotations
@@ -43,14 +45,15 @@ class ScanSummary:
 
 class ResultWriter:
     """Writes rows as CSV (header first) or JSONL (one object per line), chosen by ``fmt`` ("csv" | "jsonl").
-    ``concepts``: add the ``top_concepts`` field (after the standard ones)."""
+    ``concepts``: add the ``top_concepts`` field (after the standard ones); ``provenance``: add the ``provenance``
+    field (last)."""
 
-    def __init__(self, stream: IO[str], fmt: str, concepts: bool = False):
+    def __init__(self, stream: IO[str], fmt: str, concepts: bool = False, provenance: bool = False):
         if fmt not in ("csv", "jsonl"):
             raise ValueError(f"unknown output format {fmt!r}; use .csv or .jsonl")
-        self.stream, self.fmt, self.concepts = stream, fmt, concepts
+        self.stream, self.fmt, self.concepts, self.provenance = stream, fmt, concepts, provenance
         if fmt == "csv":
-            fields = FIELDS + (("top_concepts",) if concepts else ())
+            fields = FIELDS + (("top_concepts",) if concepts else ()) + (("provenance",) if provenance else ())
             self._csv = csv.DictWriter(stream, fieldnames=fields, lineterminator="\n")
             self._csv.writeheader()
 
@@ -61,6 +64,8 @@ class ResultWriter:
                 row["top_concepts"] = [h.to_dict() for h in pred.top_concepts]
                 if pred.concept_logit is not None:
                     row["concept_logit"] = pred.concept_logit
+            if self.provenance:
+                row["provenance"] = pred.provenance or []
             self.stream.write(json.dumps(row, ensure_ascii=False) + "\n")
         else:
             row = {
@@ -71,6 +76,8 @@ class ResultWriter:
             }
             if self.concepts:
                 row["top_concepts"] = format_csv_cell(pred.top_concepts)
+            if self.provenance:
+                row["provenance"] = ";".join(f"{s['kind']}:{s['label']}" for s in pred.provenance or [])
             self._csv.writerow(row)
 
 
@@ -104,7 +111,8 @@ def scan(
     start = time.perf_counter()
     try:
         detector.top_concepts = top_concepts
-        writer = ResultWriter(stream, output_format(out), concepts=bool(detector.concept_names) and top_concepts > 0)
+        writer = ResultWriter(stream, output_format(out), concepts=bool(detector.concept_names) and top_concepts > 0,
+                              provenance=detector.provenance_reader is not None)
         with progress_bar("Scanning", total=len(files), enabled=progress) as advance:
             for preds in detector.predict_batches([str(f) for f in files], batch_size=batch_size, workers=workers, max_pixels=max_pixels):
                 for pred in preds:
