@@ -566,3 +566,31 @@ def test_provenance_command(provenance_folder, c2pa_kit, capsys, tmp_path):
     assert "1 file, 1 with provenance signals" in text
     assert main(["provenance", str(tmp_path / "missing.png")]) == 2
     assert main(["provenance", str(provenance_folder), "--c2pa-trust", str(tmp_path / "missing.pem")]) == 2
+
+
+def test_evaluate_reports_signals_per_dataset_and_their_scores(artifact, tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    data = tmp_path / "gens"
+    for sub in ("sdgen/0_real", "sdgen/1_fake"):
+        (data / sub).mkdir(parents=True)
+    for i in range(3):
+        (data / "sdgen/0_real" / f"r{i}.png").write_bytes(_encode(_rgb(seed=10 + i), "PNG"))
+        (data / "sdgen/1_fake" / f"f{i}.png").write_bytes(_png_with_text({"parameters": A1111}) if i < 2 else
+                                                            _encode(_rgb(seed=20 + i), "PNG"))
+    (data / "sdgen/0_real" / "cam.jpg").write_bytes(_encode(_rgb(seed=30), "JPEG", xmp=_xmp(DST + "digitalCapture")))
+    out = tmp_path / "report"
+    assert main(["evaluate", str(artifact), "--data", str(data), "--out", str(out), "--no-progress",
+                 "--provenance"]) == 0
+    groups = {g["group"]: g for g in json.loads((out / "provenance.json").read_text())}
+    assert set(groups) == {"generator-metadata", "iptc", "says generated", "says captured", "no signal"}
+    assert (groups["generator-metadata"]["n"], groups["generator-metadata"]["n_synthetic"]) == (2, 2)
+    assert (groups["says captured"]["n"], groups["says captured"]["n_real"]) == (1, 1)
+    assert (groups["no signal"]["n"], groups["no signal"]["n_real"], groups["no signal"]["n_synthetic"]) == (4, 3, 1)
+    # Scores of a group are the detector's own scores on those images (from scores.csv).
+    with open(out / "scores.csv", newline="", encoding="utf-8") as f:
+        scores = {Path(r["key"]).name: float(r["p_synthetic"]) for r in csv.DictReader(f)}
+    (gm,) = groups["generator-metadata"]["scores"]
+    assert gm["mean_p"] == pytest.approx((scores["f0.png"] + scores["f1.png"]) / 2, abs=1e-6)
+    assert "Provenance signals and the CLIP score" in capsys.readouterr().out
+    assert main(["evaluate", str(artifact), "--data", str(data), "--c2pa-trust", str(tmp_path / "x.pem")]) == 2
