@@ -594,3 +594,16 @@ def test_evaluate_reports_signals_per_dataset_and_their_scores(artifact, tmp_pat
     assert gm["mean_p"] == pytest.approx((scores["f0.png"] + scores["f1.png"]) / 2, abs=1e-6)
     assert "Provenance signals and the CLIP score" in capsys.readouterr().out
     assert main(["evaluate", str(artifact), "--data", str(data), "--c2pa-trust", str(tmp_path / "x.pem")]) == 2
+
+
+def test_png_exif_is_read_without_decoding_pixels(monkeypatch):
+    exif = Image.Exif()
+    exif[0x0131] = "DALL-E 3"
+    data = _encode(_rgb(), "PNG", exif=exif)
+
+    def no_decode(*a, **k):
+        raise AssertionError("pixels decoded")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", no_decode)
+    (s,) = _read(data).signals
+    assert (s.label, s.source) == ("DALL-E", "EXIF Software")

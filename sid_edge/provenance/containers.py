@@ -61,6 +61,7 @@ class Metadata:
     xmp: list[bytes] = field(default_factory=list)
     exif: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    png_exif: bytes | None = None  # the PNG eXIf chunk's body (TIFF-structured EXIF), when present
 
 
 def _inflate(data: bytes, limit: int) -> bytes | None:
@@ -96,6 +97,12 @@ def png_text_chunks(data: bytes, limits: Limits, meta: Metadata) -> None:
         pos = body_end + 4
         if ctype == b"IEND":
             return
+        if ctype == b"eXIf" and meta.png_exif is None:
+            if length <= limits.max_text_bytes:
+                meta.png_exif = data[body_start:body_end]
+            else:
+                meta.notes.append(f"PNG eXIf chunk over {limits.max_text_bytes} bytes: skipped")
+            continue
         if ctype not in (b"tEXt", b"zTXt", b"iTXt"):
             continue
         body = data[body_start:body_end]
@@ -190,26 +197,34 @@ def _exif_text(value, limit: int) -> str | None:
 
 
 def exif_fields(data: bytes, limits: Limits, meta: Metadata) -> None:
-    """Read :data:`EXIF_TAGS` with Pillow's EXIF parser (header only, no pixel decode). Unreadable files or EXIF
-    blocks add a note at most."""
+    """Read :data:`EXIF_TAGS` with Pillow's EXIF parser (header only, no pixel decode; for PNG the eXIf chunk found
+    by :func:`png_text_chunks`, since Pillow's ``PngImageFile.getexif`` decodes the whole image to look for one
+    after IDAT). Unreadable files or EXIF blocks add a note at most."""
     from PIL import Image
+
+    def collect(exif) -> None:
+        for name, (ifd, tag) in EXIF_TAGS.items():
+            value = (exif.get_ifd(ifd) if ifd else exif).get(tag)
+            text = _exif_text(value, limits.max_text_bytes)
+            if text:
+                meta.exif[name] = text
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            if data.startswith(PNG_SIGNATURE):
+                if meta.png_exif:
+                    exif = Image.Exif()
+                    exif.load(meta.png_exif)
+                    collect(exif)
+                return
             with Image.open(io.BytesIO(data)) as im:
-                exif = im.getexif()
-                for name, (ifd, tag) in EXIF_TAGS.items():
-                    value = (exif.get_ifd(ifd) if ifd else exif).get(tag)
-                    text = _exif_text(value, limits.max_text_bytes)
-                    if text:
-                        meta.exif[name] = text
+                collect(im.getexif())
     except Image.DecompressionBombError:
         meta.notes.append("image header declares too many pixels for Pillow: EXIF not read")
     except Exception as e:  # noqa: BLE001 - hostile input: any parser failure is a note, never a crash
         log.debug("EXIF not readable: %s", e)
-        if not data.startswith(PNG_SIGNATURE):
-            meta.notes.append(f"EXIF not readable ({type(e).__name__})")
+        meta.notes.append(f"EXIF not readable ({type(e).__name__})")
 
 
 def read_metadata(data: bytes, limits: Limits) -> Metadata:
