@@ -607,3 +607,19 @@ def test_png_exif_is_read_without_decoding_pixels(monkeypatch):
     monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", no_decode)
     (s,) = _read(data).signals
     assert (s.label, s.source) == ("DALL-E", "EXIF Software")
+
+
+def test_hostile_c2pa_containers_give_an_invalid_signal_or_nothing():
+    pytest.importorskip("c2pa")
+    rng = np.random.default_rng(5)
+    junk = b"jumb" + b"c2pa" + rng.integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    png = _insert_chunk(_encode(_rgb(), "PNG"), _png_chunk(b"caBX", struct.pack(">I", 5008) + junk))
+    jpeg = _encode(_rgb(), "JPEG")
+    app11 = b"\xff\xeb" + struct.pack(">H", 2 + 8 + len(junk)) + b"JP\0\0\0\0\0\1" + junk
+    jpeg = jpeg[:2] + app11 + jpeg[2:]
+    (s,) = ProvenanceReader().read(png).signals  # a garbled manifest store is a signal of its own
+    assert (s.trust, s.label) == ("invalid", "invalid manifest") and "cannot be read" in s.assertion
+    for data in (jpeg, b"\xff\xd8\xff" + b"c2pa" * 1000, b"\x89PNG\r\n\x1a\n" + b"c2pa" * 1000):
+        result = ProvenanceReader().read(data)
+        for s in result.signals:
+            assert (s.kind, s.trust, s.generated) == ("c2pa", "invalid", None)

@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
                     "trusted (C2PA signer on the trust list), valid-untrusted (intact, unknown signer), invalid "
                     "(tampered or broken manifest), unsigned (a claim anyone can forge or strip), statistical "
                     "(watermark bit agreement). No signal is not evidence of a real photograph.")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders searched recursively")
     p.add_argument("--c2pa-trust", default=None, metavar="FILE",
                    help="PEM file of C2PA trust anchors (default: none; valid signatures read 'valid-untrusted')")
     p.add_argument("--no-watermark", action="store_true", help="skip the watermark check (it decodes the pixels)")

@@ -19,7 +19,7 @@ from sid_edge.cli.common import (
 def add_parser(sub) -> None:
     s = sub.add_parser("scan", help="score every image under the given files/folders",
                        description="Recursively discover images and score them in batches. One row per file: path, "
-                                   "p_synthetic, prediction, error. Bad files get a reason in `error`; the scan goes on.")
+                                   "p_synthetic, prediction, error (+ top_concepts, provenance). Bad files get a reason in `error`; the scan goes on.")
     s.add_argument("paths", nargs="+", metavar="PATH")
     s.add_argument("--model", default=None, metavar="DIR", help="detector artifact (default: the default detector, built once and cached)")
     s.add_argument("--out", default=None, metavar="FILE", help="results.csv or results.jsonl (default: CSV on stdout)")

@@ -38,7 +38,8 @@ class ProvenanceResult:
 
 
 class ProvenanceReader:
-    """Reads provenance signals of files or encoded bytes; one instance serves a whole scan (thread-safe reads).
+    """Reads provenance signals of files or encoded bytes; one instance serves a whole scan (concurrent use from
+    several threads is untested: give each thread its own reader).
 
     Args:
         c2pa_trust: PEM file of trust anchors for C2PA signers (None: no signer is trusted).
