@@ -79,7 +79,7 @@ def test_export_without_vocabulary_keeps_the_head_outputs(tiny_backbone, trained
     assert pred.concept_scores is None and pred.top_concepts == []
     out = tmp_path / "r.csv"
     assert main(["scan", str(photo_dir), "--model", str(tmp_path / "det"), "--out", str(out)]) == 0
-    assert out.read_text().splitlines()[0] == "path,p_synthetic,prediction,error"
+    assert out.read_text().splitlines()[0] == "path,p_synthetic,prediction,error,provenance"
     assert main(["explain", str(tmp_path / "det"), "--out", str(tmp_path / "rep")]) == 3  # nothing to explain with
 
 
@@ -260,7 +260,7 @@ def test_scan_rows_carry_top_concepts(concept_artifact, photo_dir, tmp_path):
     out = tmp_path / "r.csv"
     assert main(["scan", str(photo_dir), "--model", str(concept_artifact), "--out", str(out), "--top-concepts", "2"]) == 0
     rows = list(csv.DictReader(open(out, encoding="utf-8")))
-    assert list(rows[0]) == ["path", "p_synthetic", "prediction", "error", "top_concepts"]
+    assert list(rows[0]) == ["path", "p_synthetic", "prediction", "error", "top_concepts", "provenance"]
     for r in rows:
         hits = parse_csv_cell(r["top_concepts"])
         expected = by_path[r["path"]].top_concepts[:2]
@@ -276,7 +276,7 @@ def test_scan_rows_carry_top_concepts(concept_artifact, photo_dir, tmp_path):
 
     out0 = tmp_path / "r0.csv"
     assert main(["scan", str(photo_dir), "--model", str(concept_artifact), "--out", str(out0), "--top-concepts", "0"]) == 0
-    assert out0.read_text().splitlines()[0] == "path,p_synthetic,prediction,error"
+    assert out0.read_text().splitlines()[0] == "path,p_synthetic,prediction,error,provenance"
     assert main(["scan", str(photo_dir), "--model", str(concept_artifact), "--top-concepts", "-1"]) == 2
 
 

@@ -179,7 +179,7 @@ def test_scan_to_stdout_is_csv(artifact, photo_dir, capsys):
     assert main(["scan", str(photo_dir), "--model", str(artifact), "--no-progress"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert len(rows) == len(list(photo_dir.iterdir()))
-    assert list(rows[0]) == ["path", "p_synthetic", "prediction", "error", "top_concepts"]
+    assert list(rows[0]) == ["path", "p_synthetic", "prediction", "error", "top_concepts", "provenance"]
 
 
 def test_scan_usage_and_model_errors(artifact, photo_dir, tmp_path):

@@ -17,7 +17,7 @@ from sid_edge import __version__
 from sid_edge.cli.common import EXIT_MODEL, EXIT_OK, EXIT_USAGE, ModelError, UsageError, console, setup_logging
 
 #: Subcommands in the order ``--help`` lists them: name -> module under sid_edge.cli.
-COMMANDS = ("train", "export", "build", "scan", "info", "explain", "evaluate")
+COMMANDS = ("train", "export", "build", "scan", "info", "explain", "evaluate", "provenance")
 
 
 def build_parser() -> argparse.ArgumentParser:

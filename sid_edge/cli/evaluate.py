@@ -44,6 +44,12 @@ def add_parser(sub) -> None:
                         "names as their source (auto, default)")
     v.add_argument("--no-cache", action="store_true", help="neither read nor write the per-image cache")
     v.add_argument("--no-progress", action="store_true", help="no progress bars")
+    pv = v.add_argument_group("provenance")
+    pv.add_argument("--provenance", action="store_true",
+                    help="also read each image's provenance signals (C2PA, IPTC, generator metadata) and report, per "
+                         "dataset, how many images carry each kind and how the scores distribute among them "
+                         "(REPORT_DIR/provenance.json)")
+    pv.add_argument("--c2pa-trust", default=None, metavar="FILE", help="PEM file of C2PA trust anchors (with --provenance)")
     th = v.add_argument_group("threshold at a target false-positive rate")
     th.add_argument("--threshold-from", default=None, metavar="DATA",
                     help="choose each artifact's threshold so that at most --target-fpr of DATA's real images are "
@@ -69,6 +75,16 @@ def run(args) -> int:
         raise UsageError(f"--target-fpr {args.target_fpr}: must be in [0, 1]")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
+    if args.c2pa_trust and not args.provenance:
+        raise UsageError("--c2pa-trust needs --provenance")
+    reader = None
+    if args.provenance:
+        from sid_edge.provenance import ProvenanceReader
+
+        try:
+            reader = ProvenanceReader(args.c2pa_trust)
+        except ValueError as e:
+            raise UsageError(str(e)) from e
     try:
         import matplotlib  # noqa: F401  (clear messages instead of a traceback after minutes of scoring)
         import sklearn  # noqa: F401
@@ -111,6 +127,12 @@ def run(args) -> int:
                 thresholds = {k: c.threshold for k, c in choices.items()}
             result = ev.evaluate(detectors, datasets, split=args.split, thresholds=thresholds, pairing=args.pairing,
                                  progress=new_task, **options) if datasets else None
+            if reader is not None and result is not None:
+                from sid_edge.provenance import evaluation as pe
+
+                signals = {d.name: pe.read_signals(read_labelled_images(d.data, split=args.split), reader, new_task)
+                           for d in datasets}
+                provenance_groups = pe.summarize(result, signals)
     except (ManifestError, ValueError, RuntimeError) as e:  # BackendUnavailable is a ValueError
         raise ModelError(str(e)) from e
     out = stdout_console()
@@ -128,6 +150,11 @@ def run(args) -> int:
     for key, s in result.scored.items():
         for line in s.notes()[:-1]:  # exclusions and failures; where scores came from is in the report
             console.print(f"[yellow]{key[0]} on {key[1]}:[/] {line}", highlight=False)
+    if reader is not None:
+        out.print(_provenance_table(provenance_groups))
+        for kind, reason in reader.unavailable.items():
+            console.print(f"provenance: {kind} not checked: {reason}", highlight=False)
+        pe.write_summary(provenance_groups, args.out)
     files = ev.write_report(result, args.out)
     console.print(f"report written to {Path(args.out) / 'report.md'} (+ report.json, scores.csv, "
                   f"{sum(name.endswith('.png') for name in files)} plots)", highlight=False)
@@ -142,6 +169,19 @@ def _threshold_table(choices):
     for c in choices:
         table.add_row(c.detector, f"{c.threshold:.6g}", f"{c.target_fpr:g}", f"{c.achieved_fpr:.4f}",
                       "–" if c.tpr != c.tpr else f"{c.tpr:.4f}", str(c.n_real), str(c.n_synthetic))
+    return table
+
+
+def _provenance_table(groups):
+    from rich.table import Table
+
+    table = Table("dataset", "images with", "n", "real", "synth.", "detector", "mean p", "median p", "flagged",
+                  title="Provenance signals and the CLIP score (flagged: share at or above the threshold)")
+    for g in groups:
+        for i, s in enumerate(g.scores):
+            first = (g.dataset, g.group, str(g.n), str(g.n_real), str(g.n_synthetic))
+            table.add_row(*(first if i == 0 else ("",) * 5), s.detector, _fmt3(s.mean_p), _fmt3(s.median_p),
+                          _fmt3(s.flagged))
     return table
 
 

@@ -21,7 +21,7 @@ from sid_edge.cli.common import (
 def add_parser(sub) -> None:
     s = sub.add_parser("scan", help="score every image under the given files/folders",
                        description="Recursively discover images and score them in batches. One row per file: path, "
-                                   "p_synthetic, prediction, error. Bad files get a reason in `error`; the scan goes on.")
+                                   "p_synthetic, prediction, error (+ top_concepts, provenance). Bad files get a reason in `error`; the scan goes on.")
     s.add_argument("paths", nargs="+", metavar="PATH")
     s.add_argument("--model", default=None, metavar="DIR", help="detector artifact (default: the default detector, built once and cached)")
     s.add_argument("--out", default=None, metavar="FILE", help="results.csv or results.jsonl (default: CSV on stdout)")
@@ -46,6 +46,15 @@ def add_parser(sub) -> None:
     s.add_argument("--all-files", action="store_true",
                    help="give every file found in a folder a row (by default only image extensions are read and the "
                         "others are counted as skipped)")
+    g = s.add_argument_group("provenance (evidence beside the score; never changes p_synthetic)")
+    g.add_argument("--no-provenance", action="store_true",
+                   help="no `provenance` field (by default each row lists C2PA, IPTC digital source type and generator "
+                        "metadata signals read from the file's metadata, without decoding pixels)")
+    g.add_argument("--c2pa-trust", default=None, metavar="FILE",
+                   help="PEM file of C2PA trust anchors: signatures chaining to them read 'trusted' (default: none, "
+                        "valid signatures read 'valid-untrusted')")
+    g.add_argument("--watermark", action="store_true",
+                   help="also decode Stable Diffusion's invisible DWT-DCT watermark (decodes each image a second time)")
 
 
 
@@ -69,6 +78,8 @@ def run(args) -> int:
             check_output(args.out, [])  # a folder, or below a file: stop before loading the model
         except OutputError as e:
             raise UsageError(str(e)) from None
+    if args.c2pa_trust is not None and not Path(args.c2pa_trust).is_file():
+        raise UsageError(f"--c2pa-trust {args.c2pa_trust}: no such file")
     model_dir = args.model if args.model is not None else default_model_dir()
     try:
         det = Detector.load(model_dir, precision=args.precision, backend=args.backend, threshold=args.threshold,
@@ -76,6 +87,17 @@ def run(args) -> int:
     except (ManifestError, ValueError) as e:  # BackendUnavailable is a ValueError
         raise ModelError(str(e)) from e
     console.print(f"backend: {det.backend_choice.describe()}", highlight=False)
+    if not args.no_provenance:
+        from sid_edge.provenance import attach
+
+        try:
+            reader = attach(det, c2pa_trust=args.c2pa_trust, check_watermark=args.watermark)
+        except ValueError as e:
+            raise UsageError(str(e)) from e
+        for kind, reason in reader.unavailable.items():
+            console.print(f"provenance: {kind} not checked: {reason}", highlight=False)
+    elif args.c2pa_trust or args.watermark:
+        raise UsageError("--c2pa-trust and --watermark need provenance; drop --no-provenance")
     progress = False if args.no_progress else None
     try:
         with det:

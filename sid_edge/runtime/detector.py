@@ -38,6 +38,10 @@ class Prediction:
     Artifacts with a vocabulary add ``concept_scores`` float32 [C] (cosines, names in ``Detector.concept_names``)
     and ``top_concepts`` (see :mod:`sid_edge.runtime.concept_ranking`); with a concept model also ``concept_logit`` and
     ``concept_contributions`` float32 [C] (its per-concept terms; they sum, plus a bias, to concept_logit).
+
+    ``provenance``: the image's provenance signals as JSON-able dicts (kind, assertion, trust, ...) when the
+    detector has a ``provenance_reader`` (see :func:`sid_edge.provenance.attach`), else None. Separate evidence:
+    it never changes p_synthetic.
     """
 
     source: object  # the path (or dataset reference) given, or the input's position for in-memory inputs
@@ -51,6 +55,7 @@ class Prediction:
     concept_logit: float | None = None
     concept_contributions: np.ndarray | None = None
     top_concepts: list[ConceptHit] = field(default_factory=list)
+    provenance: list[dict] | None = None
 
     @property
     def ok(self) -> bool:
@@ -73,6 +78,8 @@ class Prediction:
         if self.concept_logit is not None:
             out["concept_logit"] = self.concept_logit
             out["concept_contributions"] = floats(self.concept_contributions)
+        if self.provenance is not None:
+            out["provenance"] = self.provenance
         return out
 
 
@@ -81,7 +88,9 @@ class Detector:
 
     Build with :meth:`load`. ``threshold`` (on p_synthetic) defaults to the manifest's. ``top_concepts`` (default
     3) is how many top concepts each Prediction carries when the artifact has a vocabulary; set it before
-    predicting (0 for none; ``concept_scores`` always hold all C).
+    predicting (0 for none; ``concept_scores`` always hold all C). ``provenance_reader`` (default None): a callable
+    source -> list of JSON-able signal dicts set on each Prediction's ``provenance`` (the runtime knows only this
+    interface; :func:`sid_edge.provenance.attach` installs one).
     """
 
     def __init__(self, directory: Path, manifest: Manifest, backend: Backend, precision: str, threshold: float | None = None,
@@ -98,6 +107,7 @@ class Detector:
         #: Concept names in the column order of concept_scores / concept_contributions ([] without a vocabulary).
         self.concept_names = manifest.concept_names
         self.top_concepts = DEFAULT_TOP_CONCEPTS
+        self.provenance_reader = None
 
     @classmethod
     def load(
@@ -187,8 +197,21 @@ class Detector:
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> Iterable[list[Prediction]]:
         """Stream results batch by batch (in input order) while later images decode in worker threads."""
-        for batch in iter_batches(sources, self.preprocessing, batch_size, workers=workers, max_pixels=max_pixels):
-            yield self._score(batch)
+        reader = self.provenance_reader
+        originals: dict[int, object] = {}  # inputs of the batches in flight, for the provenance reader
+
+        def remember(items):
+            for i, src in enumerate(items):
+                originals[i] = src
+                yield src
+
+        stream = remember(sources) if reader is not None else sources
+        for batch in iter_batches(stream, self.preprocessing, batch_size, workers=workers, max_pixels=max_pixels):
+            preds = self._score(batch)
+            if reader is not None:
+                for item, pred in zip(batch.items, preds):
+                    pred.provenance = self._provenance(originals.pop(item.index))
+            yield preds
 
     def predict(self, images, *, batch_size: int = 8, workers: int | None = None) -> list[Prediction]:
         """Score images: file paths (str/PathLike), encoded bytes (bytes, bytearray, memoryview, a binary file
@@ -221,6 +244,13 @@ class Detector:
             results.get(it.index) or Prediction(it.source, None, None, None, None, error=it.error)
             for it in batch.items
         ]
+
+    def _provenance(self, source) -> list[dict]:
+        try:
+            return list(self.provenance_reader(source))
+        except Exception:  # noqa: BLE001 - a reader must not cost a row; it reports its own problems
+            log.warning("provenance reader failed on %r", source, exc_info=True)
+            return []
 
     def _with_concepts(self, pred: Prediction, outs: dict[str, np.ndarray], j: int) -> Prediction:
         """Attach row ``j``'s concept outputs and its ``self.top_concepts`` top concepts (when the graph has them)."""

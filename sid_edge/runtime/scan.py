@@ -18,6 +18,9 @@ Hostile names and outputs:
 * **Resume** (``resume=True``): a sidecar ``<out>.resume.jsonl`` records the size and modification time of each file
   whose row is complete; a resumed scan keeps the rows of unchanged files, rescoring changed, new and unconfirmed
   ones, and never writes a file's row twice.
+
+With a provenance reader on the detector (``Detector.provenance_reader``, see :mod:`sid_edge.provenance`), rows add
+``provenance``: in CSV a ``kind:label;kind:label`` cell, in JSONL the list of signal objects.
 """
 
 from __future__ import annotations
@@ -95,14 +98,15 @@ def csv_safe(text: str) -> str:
 
 class ResultWriter:
     """Writes rows as CSV (header first) or JSONL (one object per line), chosen by ``fmt`` ("csv" | "jsonl").
-    ``concepts``: add the ``top_concepts`` field (after the standard ones). ``header``: write the CSV header."""
+    ``concepts``: add the ``top_concepts`` field (after the standard ones); ``provenance``: add the ``provenance``
+    field (last). ``header``: write the CSV header."""
 
-    def __init__(self, stream: IO[str], fmt: str, concepts: bool = False, header: bool = True):
+    def __init__(self, stream: IO[str], fmt: str, concepts: bool = False, provenance: bool = False, header: bool = True):
         if fmt not in ("csv", "jsonl"):
             raise ValueError(f"unknown output format {fmt!r}; use .csv or .jsonl")
-        self.stream, self.fmt, self.concepts = stream, fmt, concepts
+        self.stream, self.fmt, self.concepts, self.provenance = stream, fmt, concepts, provenance
         if fmt == "csv":
-            self.fields = FIELDS + (("top_concepts",) if concepts else ())
+            self.fields = FIELDS + (("top_concepts",) if concepts else ()) + (("provenance",) if provenance else ())
             self._csv = csv.DictWriter(stream, fieldnames=self.fields, lineterminator="\n")
             if header:
                 self._csv.writeheader()
@@ -118,6 +122,8 @@ class ResultWriter:
                 row["top_concepts"] = [h.to_dict() for h in pred.top_concepts]
                 if pred.concept_logit is not None:
                     row["concept_logit"] = pred.concept_logit
+            if self.provenance:
+                row["provenance"] = pred.provenance or []
             self.stream.write(json.dumps(row, ensure_ascii=False) + "\n")
         else:
             row = {
@@ -128,6 +134,8 @@ class ResultWriter:
             }
             if self.concepts:
                 row["top_concepts"] = csv_safe(format_csv_cell(pred.top_concepts))
+            if self.provenance:
+                row["provenance"] = csv_safe(";".join(f"{s['kind']}:{s['label']}" for s in pred.provenance or []))
             self._csv.writerow(row)
 
     def write_raw(self, record: str) -> None:
@@ -286,6 +294,7 @@ def scan(
     counts = Counter()
     fmt = output_format(out)
     concepts = bool(detector.concept_names) and top_concepts > 0
+    provenance = detector.provenance_reader is not None
     detector.top_concepts = top_concepts
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -299,7 +308,7 @@ def scan(
             # Start from exactly the rows worth keeping (written whole, then the sidecar that confirms them).
             stream.seek(0)
             stream.truncate(0)
-            writer = ResultWriter(stream, fmt, concepts=concepts)
+            writer = ResultWriter(stream, fmt, concepts=concepts, provenance=provenance)
             for record in kept.values():
                 writer.write_raw(record)
             stream.flush()
@@ -308,7 +317,7 @@ def scan(
             write_text_atomic(side_path, "".join(json.dumps({"key": k, "stamp": s}) + "\n" for k, s in stamps.items()))
             side = stack.enter_context(open(side_path, "a", encoding="utf-8"))
         if out is None:
-            writer = ResultWriter(stream, fmt, concepts=concepts)
+            writer = ResultWriter(stream, fmt, concepts=concepts, provenance=provenance)
         for folder, reason in found.unreadable:
             writer.write(folder, Prediction(folder, None, None, None, error=f"cannot list this folder ({reason})"))
             counts["errors"] += 1
