@@ -43,6 +43,17 @@ def engine_options(args) -> dict:
             "timing_cache": not args.no_timing_cache, "device": args.device}
 
 
+def machine_line() -> str:
+    """"this machine: <GPU>, TensorRT x (CUDA n wheels), cuda-bindings y, driver supports CUDA z" plus what to
+    install when the wheels need a newer CUDA than the driver (also used by `sid-edge info`)."""
+    from sid_edge.runtime.tensorrt_engines import detect_environment
+
+    env = detect_environment()
+    gpu = f"{env.gpu_name} (compute capability {env.compute_capability})" if env.has_gpu else "no usable CUDA GPU"
+    advice = env.install_advice()
+    return f"this machine: {gpu}; {env.describe_versions()}" + (f"; {advice}" if advice else "")
+
+
 def build_engines(model_dir, precisions, options: dict) -> None:
     from sid_edge.runtime.tensorrt_engines import EngineError
     from sid_edge.export.engine import build_engine
@@ -53,6 +64,7 @@ def build_engines(model_dir, precisions, options: dict) -> None:
         wanted = precisions or list(manifest.models)
         for p in wanted:
             model_entry(manifest, p)
+        console.print(machine_line(), highlight=False, markup=False)
         for p in wanted:
             prof = options["profile"]
             console.print(f"Building the {p} TensorRT engine of {model_dir} (batch {prof.min_batch}..{prof.max_batch}, "
