@@ -17,8 +17,10 @@ def add_parser(sub) -> None:
     b = sub.add_parser("build", help="build TensorRT engines for an existing artifact",
                        description="Build one TensorRT engine per precision from the artifact's ONNX graphs (strongly "
                                    "typed: FP16/INT8 come from the FP16/Q-DQ graphs), on this machine's GPU, and record "
-                                   "them in the manifest. Needs TensorRT >= 10 and cuda-python: pip install "
-                                   "'sid-edge[tensorrt]'.")
+                                   "them in the manifest. Needs TensorRT >= 10 and cuda-python for the driver's CUDA: "
+                                   "pip install 'sid-edge[tensorrt-cu12]' (CUDA 12 driver) or "
+                                   "'sid-edge[tensorrt-cu13]' (CUDA 13); Jetson: 'sid-edge[tensorrt-jetson]' "
+                                   "beside JetPack's TensorRT.")
     b.add_argument("model", metavar="DIR", help="detector artifact")
     b.add_argument("--precision", action="append", default=None, metavar="P",
                    help="precision to build (repeatable; default: every model in the artifact)")

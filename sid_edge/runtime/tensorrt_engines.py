@@ -31,7 +31,7 @@ from sid_edge.artifact.manifest import EngineEntry, Manifest, artifact_path
 #: driver: the TensorRT and cuda-bindings wheels of CUDA 13 do not load under a CUDA 12 driver).
 TENSORRT_INSTALL_HINT = ("pip install 'sid-edge[tensorrt]' (= tensorrt-cu13, for a CUDA 13 driver) or "
                          "'sid-edge[tensorrt-cu12]' (CUDA 12 driver); on Jetson, TensorRT comes with JetPack: "
-                         "pip install 'cuda-bindings<13' only")
+                         "pip install 'sid-edge[tensorrt-jetson]'")
 
 #: The pyproject extra that fits a driver of each CUDA major version.
 EXTRA_FOR_CUDA_MAJOR = {12: "tensorrt-cu12", 13: "tensorrt-cu13"}
