@@ -43,7 +43,8 @@ class _PinnedBuffer:
     ``row_shape`` elements of ``dtype``."""
 
     def __init__(self, row_shape: tuple[int, ...], dtype: np.dtype, max_rows: int):
-        cudart = import_cudart()
+        # The module that allocated frees too (also from __del__ at shutdown, after sys.modules changed).
+        self._cudart = cudart = import_cudart()
         self.row_shape = tuple(int(s) for s in row_shape)
         self.dtype = np.dtype(dtype)
         self.row_elems = int(np.prod(self.row_shape, dtype=np.int64))
@@ -64,19 +65,19 @@ class _PinnedBuffer:
         return self.host[: n * self.row_elems].reshape((n, *self.row_shape))
 
     def to_device(self, n: int, stream) -> None:
-        cudart = import_cudart()
+        cudart = self._cudart
         cuda_check(cudart.cudaMemcpyAsync(self.device, self.host_ptr, n * self.row_bytes,
                                           cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, stream), "copy to GPU")
 
     def to_host(self, n: int, stream) -> None:
-        cudart = import_cudart()
+        cudart = self._cudart
         cuda_check(cudart.cudaMemcpyAsync(self.host_ptr, self.device, n * self.row_bytes,
                                           cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream), "copy from GPU")
 
     def free(self) -> None:
         """Release both allocations (idempotent). A failing free is logged, not raised: it runs on error paths and
         at shutdown, where the original error matters more."""
-        cudart = import_cudart()
+        cudart = self._cudart
         if self.device is not None:
             _log_cuda_error(cudart.cudaFree(self.device), "cudaFree")
             self.device = None
@@ -130,7 +131,7 @@ class TensorRTBackend:
 
     def _open(self, path: Path, manifest: Manifest, entry: EngineEntry | None, device: int) -> None:
         trt = import_tensorrt()
-        cudart = import_cudart()
+        self._cudart = cudart = import_cudart()
         cuda_check(cudart.cudaSetDevice(device), f"selecting CUDA device {device}")
         self._runtime = trt.Runtime(trt_logger())
         self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
@@ -202,7 +203,7 @@ class TensorRTBackend:
             return self._run_locked(x)
 
     def _run_locked(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        cudart = import_cudart()
+        cudart = self._cudart
         inp = self._buffers[self.input_name]
         parts: dict[str, list[np.ndarray]] = {n: [] for n in self.output_names}
         for start, stop, run_batch in plan_chunks(len(x), self.min_batch, self.max_batch):
@@ -235,7 +236,7 @@ class TensorRTBackend:
         with lock:
             if getattr(self, "stream", None) is not None:
                 # Work still queued (after a failed run) finishes before the memory it uses is freed.
-                cudart = import_cudart()
+                cudart = self._cudart
                 _log_cuda_error(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
                 _log_cuda_error(cudart.cudaStreamDestroy(self.stream), "cudaStreamDestroy")
                 self.stream = None
