@@ -289,7 +289,7 @@ def test_progress_display_errors_never_cancel_the_build(standin, artifact_copy, 
 
 
 # ------------------------------------------------------------------------------------------ backend failure returns
-def write_engine(tmp_path, **spec) -> "Path":
+def write_engine(tmp_path, **spec):
     spec = {"input_dtype": "float32", "min": 1, "opt": 2, "max": 4, "size": 64, "k": 4, "e": 32, **spec}
     path = tmp_path / "standin.engine"
     path.write_bytes(b"STANDIN" + json.dumps(spec).encode())
