@@ -45,8 +45,12 @@ DEFAULT_OPTIMIZATION_LEVEL = 3
 
 
 def network_flags(trt) -> int:
-    """Creation flags for a strongly typed network: the STRONGLY_TYPED bit where the enum has it (TensorRT 10.x
-    needs it; 11.x keeps it for compatibility and ignores it), else 0 (strong typing is then the only mode)."""
+    """Creation flags for a strongly typed network: the STRONGLY_TYPED bit where the enum has it, else 0 (strong
+    typing is then the only mode).
+
+    The bit is taken from the enum, never hard-coded: ``STRONGLY_TYPED`` is 1 in TensorRT 10.x (0 being the
+    deprecated EXPLICIT_BATCH), where it is needed, and 0 in TensorRT 11.x, where it is deprecated and ignored and
+    1 means PREFER_JIT_PYTHON_PLUGINS. Source: NvInfer.h ``NetworkDefinitionCreationFlag`` of both releases."""
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     return 0 if flag is None else 1 << int(flag)
 
@@ -72,10 +76,14 @@ def _progress_monitor(trt):
             self.tasks[phase_name] = self.progress.add_task("  " * depth + phase_name, total=max(int(num_steps), 1))
 
         def step_complete(self, phase_name, step):
-            task = self.tasks.get(phase_name)
-            if task is not None:
-                self.progress.update(task, completed=int(step) + 1)
-            return True  # False would cancel the build
+            # TensorRT reads anything but True here -- False, None, an exception -- as "cancel the build".
+            try:
+                task = self.tasks.get(phase_name)
+                if task is not None:
+                    self.progress.update(task, completed=int(step) + 1)
+            except Exception:  # noqa: BLE001 - a drawing problem must not cancel the build
+                log.debug("progress display failed", exc_info=True)
+            return True
 
         def phase_finish(self, phase_name):
             task = self.tasks.pop(phase_name, None)
@@ -84,6 +92,38 @@ def _progress_monitor(trt):
                 self.progress.remove_task(task)
 
     return RichProgressMonitor()
+
+
+def _input_shape(network, index: int) -> list | str:
+    try:
+        return list(network.get_input(index).shape)
+    except Exception:  # noqa: BLE001 - only for a message
+        return "?"
+
+
+def _attach_timing_cache(config, cache_path: Path) -> None:
+    """Attach the timing cache saved at ``cache_path`` to ``config``, or a fresh one.
+
+    ``IBuilderConfig.create_timing_cache`` returns None for bytes it cannot read (a truncated or foreign file) and
+    ``set_timing_cache`` returns False for a cache from another TensorRT build or device (``ignore_mismatch`` is
+    False: a cache timed on another GPU would mislead the tactic choice); both fall back to a fresh cache, since
+    the cache only saves time. A fresh cache that TensorRT still refuses raises EngineError."""
+    cached = b""
+    if cache_path.is_file():
+        try:
+            cached = cache_path.read_bytes()
+        except OSError as e:
+            log.warning("cannot read the timing cache %s (%s); starting a new one", cache_path.name, e)
+    if cached:
+        cache = config.create_timing_cache(cached)
+        if cache is not None and config.set_timing_cache(cache, False):
+            return
+        why = "is not a timing cache TensorRT can read" if cache is None else "does not match this TensorRT/GPU"
+        log.warning("%s %s; starting a new timing cache", cache_path.name, why)
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, False):
+        raise EngineError("TensorRT could not create an empty timing cache (see the TensorRT errors above); "
+                          "build with --no-timing-cache")
 
 
 def _write_atomic(path: Path, data) -> None:
@@ -155,16 +195,22 @@ def build_engine(
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
     config.builder_optimization_level = int(optimization_level)
     opt_profile = builder.create_optimization_profile()
-    opt_profile.set_shape(input_name, *profile.shapes(image_size))
-    config.add_optimization_profile(opt_profile)
+    shapes = profile.shapes(image_size)
+    try:
+        # The Python binding raises RuntimeError ("Shape provided for min is inconsistent with other shapes.")
+        # where the C++ setDimensions returns false; its docstring says ValueError.
+        opt_profile.set_shape(input_name, *shapes)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise EngineError(f"{onnx_path}: TensorRT refused the optimization profile min/opt/max {list(shapes)} for "
+                          f"{input_name!r}: {e}") from e
+    if config.add_optimization_profile(opt_profile) < 0:  # -1: the profile is not valid for this network
+        raise EngineError(f"{onnx_path}: TensorRT refused the optimization profile min/opt/max {list(shapes)} for "
+                          f"{input_name!r} (see the TensorRT errors above; the graph's input "
+                          f"{_input_shape(network, 0)} must take a dynamic batch and these image sizes)")
 
     cache_path = d / timing_cache_name(env)
     if timing_cache:
-        cached = cache_path.read_bytes() if cache_path.is_file() else b""
-        if not config.set_timing_cache(config.create_timing_cache(cached), False):
-            # A cache from another TensorRT build or device is refused: start a fresh one rather than fail.
-            log.warning("%s does not match this TensorRT/GPU; starting a new timing cache", cache_path.name)
-            config.set_timing_cache(config.create_timing_cache(b""), False)
+        _attach_timing_cache(config, cache_path)
     show = sys.stderr.isatty() if progress is None else progress
     monitor = _progress_monitor(trt) if show and hasattr(trt, "IProgressMonitor") else None
     if monitor is not None:
@@ -181,6 +227,8 @@ def build_engine(
     if serialized is None:
         raise EngineError(f"TensorRT could not build an engine from {onnx_path} (see the TensorRT errors above); "
                           "a smaller --max-batch or a larger --workspace may help")
+    if memoryview(serialized).nbytes == 0:  # IHostMemory (no len()) of size 0: a failed build, never written
+        raise EngineError(f"TensorRT returned an empty engine for {onnx_path} (see the TensorRT errors above)")
 
     name = engine_file_name(precision, env)
     _write_atomic(d / name, serialized)

@@ -178,11 +178,35 @@ def test_add_engine_replaces_only_the_same_precision_architecture_and_release(ar
 # ------------------------------------------------------------------------------------------ TensorRT 10 vs 11
 def test_network_flags_set_strongly_typed_where_the_enum_has_it():
     from sid_edge.export.engine import network_flags
+    from tests.trt_standin import creation_flags
 
-    trt10 = SimpleNamespace(NetworkDefinitionCreationFlag=SimpleNamespace(EXPLICIT_BATCH=0, STRONGLY_TYPED=1))
-    assert network_flags(trt10) == 2
+    # The enums of TensorRT 10.x (EXPLICIT_BATCH=0, STRONGLY_TYPED=1) and 11.x (STRONGLY_TYPED=0,
+    # PREFER_JIT_PYTHON_PLUGINS=1): the same call sets the strongly typed bit in both, never the JIT plugin one.
+    assert network_flags(SimpleNamespace(NetworkDefinitionCreationFlag=creation_flags(10))) == 2
+    trt11 = creation_flags(11)
+    assert network_flags(SimpleNamespace(NetworkDefinitionCreationFlag=trt11)) == 1
+    assert network_flags(SimpleNamespace(NetworkDefinitionCreationFlag=trt11)) & (1 << trt11.PREFER_JIT_PYTHON_PLUGINS) == 0
     # A TensorRT without the member (strong typing the only mode) gets no flags at all.
     assert network_flags(SimpleNamespace(NetworkDefinitionCreationFlag=SimpleNamespace())) == 0
+
+
+@pytest.mark.parametrize("trt_major, bindings, driver, advice", [
+    (13, "13.5.0", "13.0", None),
+    (12, "12.9.4", "13.0", None),  # older wheels under a newer driver are fine
+    (12, "12.9.4", "12.8", None),
+    (None, "12.6.0", "12.6", None),  # Jetson: TensorRT from JetPack
+    (13, "12.9.4", "12.8", "TensorRT 11.4.0.106 is the CUDA 13 build, but the driver supports CUDA 12.8: uninstall "
+                           "them and pip install 'sid-edge[tensorrt-cu12]', or update the driver"),
+    (None, "13.5.0", "12.6", "cuda-bindings 13.5.0 needs a CUDA 13 driver, but the driver supports CUDA 12.6: "
+                             "uninstall them and pip install 'sid-edge[tensorrt-cu12]', or update the driver"),
+    (12, "12.9.4", "11.8", "TensorRT 11.4.0.106 is the CUDA 12 build; cuda-bindings 12.9.4 needs a CUDA 12 driver, "
+                           "but the driver supports CUDA 11.8: update the NVIDIA driver (the TensorRT 10/11 wheels "
+                           "need CUDA 12 or 13)"),
+    (13, "13.5.0", None, None),  # driver unknown: nothing to compare
+])
+def test_install_advice_names_the_extra_for_the_drivers_cuda(trt_major, bindings, driver, advice):
+    env = GpuEnvironment("11.4.0.106", None, None, (), trt_major, bindings, driver)
+    assert env.install_advice() == advice
 
 
 # ------------------------------------------------------------------------------------------ this machine

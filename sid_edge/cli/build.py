@@ -17,8 +17,10 @@ def add_parser(sub) -> None:
     b = sub.add_parser("build", help="build TensorRT engines for an existing artifact",
                        description="Build one TensorRT engine per precision from the artifact's ONNX graphs (strongly "
                                    "typed: FP16/INT8 come from the FP16/Q-DQ graphs), on this machine's GPU, and record "
-                                   "them in the manifest. Needs TensorRT >= 10 and cuda-python: pip install "
-                                   "'sid-edge[tensorrt]'.")
+                                   "them in the manifest. Needs TensorRT >= 10 and cuda-python for the driver's CUDA: "
+                                   "pip install 'sid-edge[tensorrt-cu12]' (CUDA 12 driver) or "
+                                   "'sid-edge[tensorrt-cu13]' (CUDA 13); Jetson: 'sid-edge[tensorrt-jetson]' "
+                                   "beside JetPack's TensorRT.")
     b.add_argument("model", metavar="DIR", help="detector artifact")
     b.add_argument("--precision", action="append", default=None, metavar="P",
                    help="precision to build (repeatable; default: every model in the artifact)")
@@ -43,6 +45,17 @@ def engine_options(args) -> dict:
             "timing_cache": not args.no_timing_cache, "device": args.device}
 
 
+def machine_line() -> str:
+    """"this machine: <GPU>, TensorRT x (CUDA n wheels), cuda-bindings y, driver supports CUDA z" plus what to
+    install when the wheels need a newer CUDA than the driver (also used by `sid-edge info`)."""
+    from sid_edge.runtime.tensorrt_engines import detect_environment
+
+    env = detect_environment()
+    gpu = f"{env.gpu_name} (compute capability {env.compute_capability})" if env.has_gpu else "no usable CUDA GPU"
+    advice = env.install_advice()
+    return f"this machine: {gpu}; {env.describe_versions()}" + (f"; {advice}" if advice else "")
+
+
 def build_engines(model_dir, precisions, options: dict) -> None:
     from sid_edge.runtime.tensorrt_engines import EngineError
     from sid_edge.export.engine import build_engine
@@ -53,6 +66,7 @@ def build_engines(model_dir, precisions, options: dict) -> None:
         wanted = precisions or list(manifest.models)
         for p in wanted:
             model_entry(manifest, p)
+        console.print(machine_line(), highlight=False, markup=False)
         for p in wanted:
             prof = options["profile"]
             console.print(f"Building the {p} TensorRT engine of {model_dir} (batch {prof.min_batch}..{prof.max_batch}, "

@@ -83,6 +83,9 @@ def run(args) -> int:
     else:
         out.print("engines: none (build with `sid-edge build DIR` on a machine with TensorRT and an NVIDIA GPU)")
     out.print("libraries: " + ", ".join(f"{k} {v}" for k, v in m.get("libraries", {}).items()))
+    from sid_edge.cli.build import machine_line
+
+    out.print(machine_line(), highlight=False, soft_wrap=True, markup=False)
     return EXIT_OK
 
 

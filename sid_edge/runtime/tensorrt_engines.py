@@ -19,15 +19,22 @@ Engine entry in ``manifest["engines"]`` (a list; one per precision, TensorRT ver
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sid_edge.artifact.manifest import EngineEntry, Manifest, artifact_path
 
-#: What to install for the TensorRT backend and engine builds (pyproject extra).
-TENSORRT_INSTALL_HINT = ("pip install 'sid-edge[tensorrt]' (TensorRT >= 10 and cuda-python's cuda-bindings; on Jetson, "
-                         "TensorRT comes with JetPack)")
+#: What to install for the TensorRT backend and engine builds (pyproject extras, one per CUDA major version of the
+#: driver: the TensorRT and cuda-bindings wheels of CUDA 13 do not load under a CUDA 12 driver).
+TENSORRT_INSTALL_HINT = ("pip install 'sid-edge[tensorrt]' (= tensorrt-cu13, for a CUDA 13 driver) or "
+                         "'sid-edge[tensorrt-cu12]' (CUDA 12 driver); on Jetson, TensorRT comes with JetPack: "
+                         "pip install 'sid-edge[tensorrt-jetson]'")
+
+#: The pyproject extra that fits a driver of each CUDA major version.
+EXTRA_FOR_CUDA_MAJOR = {12: "tensorrt-cu12", 13: "tensorrt-cu13"}
 
 
 class EngineError(RuntimeError):
@@ -106,6 +113,14 @@ class GpuEnvironment:
     gpu_name: str | None = None
     compute_capability: str | None = None
     problems: tuple[str, ...] = field(default=())
+    #: CUDA major version the installed TensorRT wheels were built for (from the ``tensorrt-cu12``/``-cu13``
+    #: distribution names; None for TensorRT from JetPack or a system package, or when TensorRT is missing).
+    tensorrt_cuda_major: int | None = None
+    #: cuda-python's ``cuda-bindings`` release ("12.9.4"), None when missing.
+    cuda_bindings_version: str | None = None
+    #: Highest CUDA version the installed driver supports ("12.8", from ``cudaDriverGetVersion``), None when
+    #: unknown (no driver, or cuda-python missing).
+    driver_cuda_version: str | None = None
 
     @property
     def has_tensorrt(self) -> bool:
@@ -120,6 +135,83 @@ class GpuEnvironment:
         gpu = f"{self.gpu_name} (compute capability {self.compute_capability})" if self.has_gpu else "no usable CUDA GPU"
         trt = f"TensorRT {self.tensorrt_version}" if self.has_tensorrt else "no TensorRT"
         return f"{gpu}, {trt}"
+
+    def describe_versions(self) -> str:
+        """One line with the library and driver versions found, e.g. "TensorRT 11.4.0.106 (CUDA 13 wheels),
+        cuda-bindings 13.5.0, driver supports CUDA 13.0"."""
+        if self.tensorrt_version is None:
+            trt = "TensorRT not found"
+        else:
+            built = (f"CUDA {self.tensorrt_cuda_major} wheels" if self.tensorrt_cuda_major
+                     else "not from a tensorrt-cu* wheel: JetPack or a system package")
+            trt = f"TensorRT {self.tensorrt_version} ({built})"
+        cb = f"cuda-bindings {self.cuda_bindings_version}" if self.cuda_bindings_version else "cuda-bindings not found"
+        drv = (f"driver supports CUDA {self.driver_cuda_version}" if self.driver_cuda_version
+               else "no CUDA driver found")
+        return f"{trt}, {cb}, {drv}"
+
+    def install_advice(self) -> str | None:
+        """What to install when the TensorRT or cuda-bindings wheels need a newer CUDA than the driver supports
+        (a CUDA 13 wheel under a CUDA 12 driver fails to load or finds no device); None when they fit or the
+        driver's version is unknown. A driver supports the CUDA versions up to the one it reports."""
+        if not self.driver_cuda_version:
+            return None
+        driver_major = _major(self.driver_cuda_version)
+        too_new = []
+        if self.tensorrt_cuda_major and self.tensorrt_cuda_major > driver_major:
+            too_new.append(f"TensorRT {self.tensorrt_version} is the CUDA {self.tensorrt_cuda_major} build")
+        if self.cuda_bindings_version and _major(self.cuda_bindings_version) > driver_major:
+            too_new.append(f"cuda-bindings {self.cuda_bindings_version} needs a CUDA "
+                           f"{_major(self.cuda_bindings_version)} driver")
+        if not too_new:
+            return None
+        fix = EXTRA_FOR_CUDA_MAJOR.get(driver_major)
+        todo = (f"uninstall them and pip install 'sid-edge[{fix}]', or update the driver" if fix else
+                "update the NVIDIA driver (the TensorRT 10/11 wheels need CUDA 12 or 13)")
+        return f"{'; '.join(too_new)}, but the driver supports CUDA {self.driver_cuda_version}: {todo}"
+
+
+def _major(version: str) -> int:
+    """"12.8" / "13.5.0" -> 12 / 13 (0 when unreadable)."""
+    head = str(version).split(".")[0]
+    return int(head) if head.isdigit() else 0
+
+
+def _distribution_version(*names: str) -> tuple[str, str] | None:
+    """(name, version) of the first of ``names`` installed as a Python distribution, else None."""
+    from importlib import metadata
+
+    for name in names:
+        try:
+            return name, metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def tensorrt_cuda_major() -> int | None:
+    """CUDA major version of the installed TensorRT wheels: NVIDIA publishes one set per CUDA major
+    (``tensorrt-cu12-bindings``, ``tensorrt-cu13-bindings``; the ``tensorrt`` metapackage pulls the newest).
+    None when no such distribution is installed (JetPack's or a distribution's TensorRT, or none)."""
+    for major in (13, 12, 11):
+        if _distribution_version(f"tensorrt-cu{major}-bindings", f"tensorrt-cu{major}", f"tensorrt-cu{major}-libs"):
+            return major
+    return None
+
+
+def cuda_bindings_version() -> str | None:
+    """Release of the installed cuda-python runtime bindings (``cuda.bindings.__version__``, else the
+    ``cuda-bindings`` or, before 12.6, ``cuda-python`` distribution's), None when missing."""
+    version = getattr(sys.modules.get("cuda.bindings"), "__version__", None)
+    if version:
+        return str(version)
+    found = _distribution_version("cuda-bindings", "cuda-python")
+    return found[1] if found else None
+
+
+def _version_text(encoded: int) -> str:
+    """CUDA's integer version (1000 * major + 10 * minor, e.g. 12080) -> "12.8"."""
+    return f"{encoded // 1000}.{(encoded % 1000) // 10}"
 
 
 def import_cudart():
@@ -176,8 +268,10 @@ def cuda_check(result, what: str):
 
 
 def detect_environment(device: int = 0) -> GpuEnvironment:
-    """Probe TensorRT (import only) and CUDA GPU ``device`` (through cuda-python). Never raises: what is missing
-    goes into ``problems``. Imports nothing when neither library is installed."""
+    """Probe TensorRT (import only), cuda-python and CUDA GPU ``device``, with the versions of each and the CUDA
+    version the driver supports. Never raises: what is missing goes into ``problems``, followed by
+    :meth:`GpuEnvironment.install_advice` when the wheels need a newer CUDA than the driver. Imports nothing when
+    neither library is installed."""
     problems = []
     trt_version = None
     try:
@@ -186,20 +280,33 @@ def detect_environment(device: int = 0) -> GpuEnvironment:
         problems.append(str(e))
     except Exception as e:  # noqa: BLE001 - a broken TensorRT install (missing libnvinfer) raises OSError etc.
         problems.append(f"TensorRT could not be imported: {e}")
-    name = cc = None
+    name = cc = driver = bindings = None
     try:
-        count = cuda_check(import_cudart().cudaGetDeviceCount(), "counting CUDA devices")
+        cudart = import_cudart()
+        bindings = cuda_bindings_version()
+        try:
+            driver = _version_text(int(cuda_check(cudart.cudaDriverGetVersion(), "reading the CUDA driver version")))
+            if driver == "0.0":  # cudaDriverGetVersion reports 0 when no driver is installed
+                driver = None
+        except EngineError:
+            driver = None
+        count = cuda_check(cudart.cudaGetDeviceCount(), "counting CUDA devices")
         if device >= count:
             problems.append(f"no CUDA device {device} (this machine has {count})")
         else:
-            props = cuda_check(import_cudart().cudaGetDeviceProperties(device), f"reading CUDA device {device}")
+            props = cuda_check(cudart.cudaGetDeviceProperties(device), f"reading CUDA device {device}")
             raw = props.name
             name = (raw.decode(errors="replace") if isinstance(raw, (bytes, bytearray)) else str(raw)).split("\x00")[0].strip()
             cc = f"{props.major}.{props.minor}"
     except EngineError as e:
         hint = "" if "cuda-python" in str(e) else "; is an NVIDIA GPU with its driver present?"
         problems.append(f"no usable CUDA GPU: {e}{hint}")
-    return GpuEnvironment(trt_version, name, cc, tuple(problems))
+    env = GpuEnvironment(trt_version, name, cc, tuple(problems), tensorrt_cuda_major() if trt_version else None,
+                         bindings, driver)
+    advice = env.install_advice()
+    if advice:
+        env = dataclasses.replace(env, problems=(*env.problems, advice))
+    return env
 
 
 # ------------------------------------------------------------------------------------------ compatibility
