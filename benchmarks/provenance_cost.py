@@ -24,7 +24,6 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, PngImagePlugin
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -333,7 +333,7 @@ def test_engine_io_of_a_type_numpy_lacks_is_refused(standin, plain_artifact, tmp
     from sid_edge.runtime.tensorrt_engines import EngineError
 
     for dtype in ("bfloat16", "fp8", "int4"):
-        with pytest.raises(EngineError, match=rf"tensor 'pixel_values' has type DataType\.\w+, which numpy cannot "
+        with pytest.raises(EngineError, match=r"tensor 'pixel_values' has type DataType\.\w+, which numpy cannot "
                                               "hold; export the graph with float32/float16"):
             open_backend(write_engine(tmp_path, input_dtype=dtype), plain_artifact)
         assert standin.allocations == {}

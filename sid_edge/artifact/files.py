@@ -14,10 +14,21 @@ from pathlib import Path
 from typing import IO, Iterator
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes (``hashlib.file_digest``, streamed). Raises OSError when it cannot be read."""
-    with open(path, "rb") as f:
+def sha256_stream(f: IO[bytes]) -> str:
+    """Hex sha256 of a binary file object's remaining bytes, streamed (``hashlib.file_digest`` where Python has it,
+    3.11+; JetPack 6 ships Python 3.10)."""
+    if hasattr(hashlib, "file_digest"):
         return hashlib.file_digest(f, "sha256").hexdigest()
+    h = hashlib.sha256()
+    while block := f.read(1 << 20):
+        h.update(block)
+    return h.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, streamed. Raises OSError when it cannot be read."""
+    with open(path, "rb") as f:
+        return sha256_stream(f)
 
 
 @contextlib.contextmanager

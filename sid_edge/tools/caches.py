@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from sid_edge.artifact.files import atomic_write, write_text_atomic
+from sid_edge.artifact.files import atomic_write, sha256_stream, write_text_atomic
 from sid_edge.artifact.locations import cache_root
 from sid_edge.runtime.images import ImageDecodeError, open_image_source
 
@@ -45,7 +45,7 @@ def content_sha256(source) -> str:
     except ImageDecodeError as e:
         raise OSError(f"{e.path or 'image'}: {e.reason}") from None
     with fp:
-        return hashlib.file_digest(fp, "sha256").hexdigest()
+        return sha256_stream(fp)
 
 
 class ImageArrayCache:
