@@ -191,8 +191,12 @@ def test_scan_says_which_backend_it_chose(artifact, photo_dir, tmp_path, capsys)
     out = tmp_path / "r.csv"
     assert main(["scan", str(photo_dir), "--model", str(artifact), "--out", str(out), "--no-progress"]) == 0
     err = capsys.readouterr().err
-    assert "backend: onnxruntime-cpu (auto: fastest available; not tensorrt: the artifact has no TensorRT engine" in " ".join(err.split())
+    assert "backend: onnxruntime-cpu (auto; not tensorrt, cuda: -v says why)" in " ".join(err.split())
+    assert "fastest available" not in err  # one short line; the reasons under -v
     assert len(list(csv.DictReader(open(out)))) == len(list(photo_dir.iterdir()))
+    assert main(["scan", str(photo_dir), "--model", str(artifact), "--out", str(out), "--no-progress", "-v"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "auto: fastest available; not tensorrt: the artifact has no TensorRT engine" in err
 
 
 @needs_no_gpu

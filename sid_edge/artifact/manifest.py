@@ -458,6 +458,9 @@ def read_manifest(directory: str | os.PathLike) -> Manifest:
     """
     d = Path(directory)
     path = d / MANIFEST_NAME
+    if d.is_file():
+        hint = f"; pass its folder, {d.parent}" if (d.parent / MANIFEST_NAME).is_file() else ""
+        raise ManifestError(f"{d}: is a file; a detector artifact is the folder holding manifest.json{hint}")
     if not d.is_dir():
         raise ManifestError(f"{d}: not a detector artifact directory (it does not exist or is not a folder)")
     if not path.is_file():

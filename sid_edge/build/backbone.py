@@ -33,7 +33,7 @@ from sid_edge.artifact.names import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
 TINY_CLIP_MODEL = "sid-edge-tiny"
 
 RANDOM_WEIGHTS_WARNING = (
-    "WARNING: --clip-pretrained none: the CLIP backbone has RANDOM weights. Every p_synthetic it produces is "
+    "--clip-pretrained none: the CLIP backbone has RANDOM weights. Every p_synthetic it produces is "
     "meaningless; use this only for pipeline, scale and speed checks."
 )
 

@@ -16,6 +16,14 @@ from rich.markup import escape
 from sid_edge import __version__
 from sid_edge.cli.common import EXIT_MODEL, EXIT_OK, EXIT_USAGE, ModelError, UsageError, console, setup_logging
 
+#: Optional libraries and the extra that installs each (a runtime-only install lacks them).
+EXTRA_FOR_MODULE = {
+    "torch": "train", "torchvision": "train", "open_clip": "train", "onnx": "train", "onnxscript": "train",
+    "safetensors": "train", "modelopt": "train", "onnx_graphsurgeon": "train", "pooch": "train",
+    "sklearn": "evaluate", "matplotlib": "evaluate", "pyarrow": "evaluate", "datasets": "train",
+    "tensorrt": "tensorrt", "cuda": "tensorrt",
+}
+
 #: Subcommands in the order ``--help`` lists them: name -> module under sid_edge.cli.
 COMMANDS = ("train", "export", "build", "scan", "info", "explain", "evaluate", "provenance")
 
@@ -32,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         _module(name).add_parser(sub)
+    for command in sub.choices.values():  # `sid-edge scan ... -v` works as `sid-edge -v scan ...` does
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="log progress details")
     return parser
 
 
@@ -51,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     except ModelError as e:
         console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         return EXIT_MODEL
+    except ModuleNotFoundError as e:
+        extra = EXTRA_FOR_MODULE.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        console.print(f"[bold red]error:[/] sid-edge {escape(args.command)} needs {escape(e.name)}, which is not "
+                      f"installed: pip install {escape(repr('sid-edge[' + extra + ']'))}", highlight=False)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         console.print("interrupted")
         return 130

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 from sid_edge.cli.common import (
+    PRECISIONS,
     EXIT_OK,
     ModelError,
     UsageError,
@@ -22,7 +23,7 @@ def add_parser(sub) -> None:
                                    "'sid-edge[tensorrt-cu13]' (CUDA 13); Jetson: 'sid-edge[tensorrt-jetson]' "
                                    "beside JetPack's TensorRT.")
     b.add_argument("model", metavar="DIR", help="detector artifact")
-    b.add_argument("--precision", action="append", default=None, metavar="P",
+    b.add_argument("--precision", action="append", default=None, metavar="P", type=str.lower, choices=PRECISIONS,
                    help="precision to build (repeatable; default: every model in the artifact)")
     add_engine_args(b)
 

@@ -20,7 +20,7 @@ from sid_edge.runtime.progress import console
 
 __all__ = ["EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_MODEL", "UsageError", "ModelError", "console",
            "add_backbone_args", "add_engine_args", "count", "setup_logging", "stdout_console", "check_dataset",
-           "BACKEND_CHOICES", "PRECISIONS", "default_model_dir", "CALIBRATION_METHODS", "DEFAULT_CALIBRATION_METHOD", "load_backbone_or_fail", "DEFAULT_CLIP_MODEL", "DEFAULT_CLIP_PRETRAINED"]
+           "BACKEND_CHOICES", "PRECISIONS", "require_extra", "default_model_dir", "CALIBRATION_METHODS", "DEFAULT_CALIBRATION_METHOD", "load_backbone_or_fail", "DEFAULT_CLIP_MODEL", "DEFAULT_CLIP_PRETRAINED"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_MODEL = 0, 1, 2, 3
 
@@ -87,7 +87,7 @@ def stdout_console():
     """A rich Console on stdout; piped output gets 120 columns (rich's default of 80 would truncate tables)."""
     import sys
 
-    return console.__class__(width=None if sys.stdout.isatty() else 120)
+    return console.__class__(width=None if sys.stdout.isatty() else 160)
 
 
 def load_backbone_or_fail(model: str, pretrained: str):
@@ -126,3 +126,14 @@ def default_model_dir():
         return ensure_default_detector()
     except DefaultDetectorUnavailable as e:
         raise ModelError(str(e)) from e
+
+
+def require_extra(extra: str, *modules: str) -> None:
+    """Stop with exit 2 and the pip command when an optional library of ``extra`` is missing (before any work)."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise UsageError(f"this command needs {name}, which is not installed: pip install 'sid-edge[{extra}]'") from None

@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
                    help="labelled datasets (folder, CSV, parquet, save_to_disk folder, hf:OWNER/NAME); NAME=DATA names "
                         "one (default name: the path's stem)")
     v.add_argument("--split", default="test", help="split to evaluate (datasets without splits are used whole; default: %(default)s)")
-    v.add_argument("--precision", default=None, choices=PRECISIONS,
+    v.add_argument("--precision", default=None, choices=PRECISIONS, type=str.lower,
                    help="model variant of every artifact (default: each artifact's default, fp32 when present)")
     v.add_argument("--out", default="evaluation", metavar="REPORT_DIR", help="report folder, created or updated (default: %(default)s)")
     v.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default: %(default)s)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sid_edge.cli.common import (
+    require_extra,
     CALIBRATION_METHODS,
     DEFAULT_CALIBRATION_METHOD,
     DEFAULT_CLIP_MODEL,
@@ -38,7 +39,7 @@ def add_parser(sub) -> None:
     e.add_argument("--threshold", type=float, default=None, help="decision threshold on p_synthetic (default: the head's, 0.5)")
     e.add_argument("--parity-images", nargs="*", default=[], metavar="IMG", help="images to include in the parity check")
     e.add_argument("--overwrite", action="store_true", help="replace a non-empty DIR")
-    e.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS, metavar="P",
+    e.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS, metavar="P", type=str.lower,
                    help="precisions to write, any of fp32 fp16 int8 (default: fp32); fp16/int8 need --calibration")
     e.add_argument("--calibration", default=None, metavar="DATA",
                    help="labelled images to calibrate on (drawn from its train split) and, by default, to measure fidelity on")
@@ -72,6 +73,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    require_extra("train", "torch", "open_clip", "onnx")
     build_options = engine_options(args) if args.engine else None  # bad profile arguments stop before the export
     from sid_edge.export import export_detector
     from sid_edge.build.heads import load_head

@@ -13,8 +13,11 @@ from sid_edge.cli.common import (
 
 
 def add_parser(sub) -> None:
-    i = sub.add_parser("info", help="print an artifact's manifest in readable form")
-    i.add_argument("model", metavar="DIR")
+    i = sub.add_parser("info", help="print an artifact's manifest in readable form",
+                       description="Show what an artifact holds: backbone, head, preprocessing, threshold, concepts, graph "
+                                   "I/O, every model file with its precision, size, sha256 and fidelity, engines and "
+                                   "library versions. The manifest is validated first (exit 3 naming the bad field).")
+    i.add_argument("model", metavar="DIR", help="detector artifact folder (the one holding manifest.json)")
     i.add_argument("--json", action="store_true", help="print the raw manifest JSON")
 
 
@@ -25,13 +28,17 @@ def run(args) -> int:
     from sid_edge.artifact.manifest import ManifestError, read_manifest
 
     try:
-        m = read_manifest(args.model).to_dict()  # validated; shown as the manifest stores it
+        typed = read_manifest(args.model)
+        m = typed.to_dict()  # validated; shown as the manifest stores it
     except ManifestError as e:
         raise ModelError(str(e)) from e
     if args.json:
         print(json.dumps(m, indent=2))
         return EXIT_OK
     out = stdout_console()
+    from sid_edge.runtime.detector import warn_if_random_weights
+
+    warn_if_random_weights(typed, args.model)
     b, h, pre = m["backbone"], m["head"], m["preprocessing"]
     out.print(f"[bold]{args.model}[/] — sid-edge detector, schema {m['schema_version']}, created {m.get('created', '?')}")
     out.print(f"backbone: {b['model_name']} / {b['pretrained']} (QuickGELU {b['quick_gelu']}, {b['feature']} {b['feature_dim']}-d, "

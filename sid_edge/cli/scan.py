@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from rich.markup import escape
 
 from sid_edge.cli.common import (
+    PRECISIONS,
     BACKEND_CHOICES,
     EXIT_OK,
     ModelError,
@@ -18,6 +20,8 @@ from sid_edge.cli.common import (
 
 
 
+log = logging.getLogger(__name__)
+
 def add_parser(sub) -> None:
     s = sub.add_parser("scan", help="score every image under the given files/folders",
                        description="Recursively discover images and score them in batches. One row per file: path, "
@@ -27,7 +31,7 @@ def add_parser(sub) -> None:
     s.add_argument("--out", default=None, metavar="FILE", help="results.csv or results.jsonl (default: CSV on stdout)")
     s.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default: %(default)s)")
     s.add_argument("--threshold", type=float, default=None, help="override the artifact's threshold on p_synthetic")
-    s.add_argument("--precision", default=None, metavar="P",
+    s.add_argument("--precision", default=None, metavar="P", type=str.lower, choices=PRECISIONS,
                    help="model variant in the artifact: fp32, fp16 or int8 (default: the artifact's default, fp32 when present)")
     s.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                    help="inference backend: auto takes the fastest available (a TensorRT engine that fits this GPU, "
@@ -86,7 +90,8 @@ def run(args) -> int:
                             allow_fallback=args.allow_fallback)
     except (ManifestError, ValueError) as e:  # BackendUnavailable is a ValueError
         raise ModelError(str(e)) from e
-    console.print(f"backend: {det.backend_choice.describe()}", highlight=False)
+    console.print(f"backend: {escape(det.backend_choice.summary())}", highlight=False)
+    log.info("backend: %s", det.backend_choice.describe())
     if not args.no_provenance:
         from sid_edge.provenance import attach
 
@@ -94,8 +99,9 @@ def run(args) -> int:
             reader = attach(det, c2pa_trust=args.c2pa_trust, check_watermark=args.watermark)
         except ValueError as e:
             raise UsageError(str(e)) from e
-        for kind, reason in reader.unavailable.items():
-            console.print(f"provenance: {kind} not checked: {reason}", highlight=False)
+        if reader.unavailable:
+            console.print("provenance: not checked: " + escape("; ".join(f"{k} ({r})" for k, r in reader.unavailable.items())),
+                          highlight=False)
     elif args.c2pa_trust or args.watermark:
         raise UsageError("--c2pa-trust and --watermark need provenance; drop --no-provenance")
     progress = False if args.no_progress else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from sid_edge.cli.common import (
+    require_extra,
     EXIT_OK,
     UsageError,
     add_backbone_args,
@@ -34,7 +35,8 @@ def add_parser(sub) -> None:
     t.add_argument("--patience", type=int, default=5, help="early-stopping patience on validation AP (default: %(default)s)")
     t.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: %(default)s)")
     t.add_argument("--val-fraction", type=float, default=0.2, help="held-out validation share, stratified (default: %(default)s)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0,
+                   help="seed of the validation split, the head's initialisation and training order (default: %(default)s)")
     t.add_argument("--batch-size", type=int, default=16, help="images per backbone batch during extraction (default: %(default)s)")
     t.add_argument("--cache-dir", default=None, help="feature cache folder (default: user cache dir)")
     t.add_argument("--no-cache", action="store_true", help="recompute features, do not read or write the cache")
@@ -53,6 +55,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    require_extra("train", "torch", "open_clip", "onnx")
     if args.head == "orthogonal" and not 2 <= args.head_dim <= 16:
         raise UsageError(f"--head-dim {args.head_dim}: must be between 2 and 16")
     from sid_edge.tools.datasets import read_labelled_images

@@ -142,6 +142,16 @@ class BackendChoice:
     passed_over: list[tuple[str, str]] = field(default_factory=list)
     fallback: bool = False
 
+    def summary(self) -> str:
+        """One short line, e.g. "onnxruntime-cpu (auto; no TensorRT engine or CUDA here: -v says why)"."""
+        name = BACKEND_NAMES[self.backend]
+        if self.requested == self.backend:
+            return f"{name} (requested)"
+        if self.requested != "auto":
+            return self.describe()  # a fallback from what was asked for: the reason matters
+        skipped = ", ".join(b for b, _ in self.passed_over)
+        return f"{name} (auto" + (f"; not {skipped}: -v says why)" if skipped else ")")
+
     def describe(self) -> str:
         """E.g. "onnxruntime-cpu (auto: fastest available; not tensorrt: ..., not cuda: ...)"."""
         name = BACKEND_NAMES[self.backend]

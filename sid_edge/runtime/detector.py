@@ -145,6 +145,7 @@ class Detector:
         """
         d = Path(directory)
         manifest = read_manifest(d)
+        warn_if_random_weights(manifest, d)
         precision = precision or default_precision(manifest)
         runner, choice = open_backend(d, manifest, precision, backend, allow_fallback=allow_fallback,
                                       verify=verify, threads=threads)
@@ -262,6 +263,17 @@ class Detector:
             pred.top_concepts = top_concepts(self.concept_names, pred.concept_scores, pred.concept_contributions,
                                              self.top_concepts)
         return pred
+
+def warn_if_random_weights(manifest: Manifest, directory) -> bool:
+    """Log a warning (every time an artifact is used) when its backbone has random weights: its scores mean nothing.
+    Returns whether it has."""
+    if manifest.backbone.random_weights:
+        log.warning("%s: the CLIP backbone of this artifact has RANDOM weights (%s, pretrained none): its "
+                    "p_synthetic scores are meaningless; use it only for pipeline, scale and speed checks",
+                    directory, manifest.backbone.model_name)
+        return True
+    return False
+
 
 def _is_single_input(x) -> bool:
     """One image rather than a sequence of them (a str would otherwise be iterated character by character)."""

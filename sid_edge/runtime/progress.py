@@ -21,7 +21,8 @@ from rich.text import Text
 
 #: Progress and messages go to stderr so stdout stays parseable.
 # soft_wrap: messages stay one line when stderr is not a terminal, so paths, URLs and commands can be copied.
-console = Console(stderr=True, soft_wrap=True)
+# Without a terminal (CI logs, pipes) rich would assume 80 columns and cut table cells: give tables room instead.
+console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
 
 
 class RateColumn(ProgressColumn):

@@ -46,7 +46,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from sid_edge.tools.datasets import HF_PREFIX, LabelledImage, dataset_location, read_labelled_images
-from sid_edge.runtime.detector import Detector, default_precision
+from sid_edge.runtime.detector import Detector, default_precision, warn_if_random_weights
 from sid_edge.tools.evaluation.metrics import (
     DetectionMetrics,
     cross_dataset_matrix,
@@ -171,6 +171,7 @@ def load_detector(name: str, directory: str | os.PathLike, precision: str | None
     """
     d = Path(directory)
     manifest = read_manifest(d)
+    warn_if_random_weights(manifest, d)
     precision = precision or default_precision(manifest)
     entry = model_entry(manifest, precision)
     head_block = manifest.head

@@ -1,0 +1,69 @@
+"""What a new user meets (issue: new users): warnings on random weights every time, case-insensitive choices, -v
+anywhere, messages that say what to do, full tables without a terminal."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from sid_edge.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("command", [
+    lambda a, p, t: ["scan", str(p), "--model", str(a), "--out", str(t / "r.csv"), "--no-progress"],
+    lambda a, p, t: ["info", str(a)],
+    lambda a, p, t: ["explain", str(a), "--images", str(p / "coffee.jpg"), "--out", str(t / "x")],
+])
+def test_random_weights_are_announced_every_time(artifact, photo_dir, tmp_path, capsys, command):
+    assert main(command(artifact, photo_dir, tmp_path)) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "RANDOM weights" in err and "meaningless" in err
+    assert "WARNING WARNING" not in err
+
+
+def test_detector_load_warns(artifact, caplog):
+    from sid_edge.runtime.detector import Detector
+
+    Detector.load(artifact).close()
+    assert "RANDOM weights" in caplog.text
+
+
+def test_precision_is_case_insensitive_and_verbose_goes_anywhere(artifact, photo_dir, tmp_path, capsys):
+    out = tmp_path / "r.csv"
+    assert main(["scan", str(photo_dir), "--model", str(artifact), "--out", str(out), "--no-progress",
+                 "--precision", "FP32", "-v"]) == 0
+    with pytest.raises(SystemExit) as e:
+        main(["scan", str(photo_dir), "--model", str(artifact), "--precision", "fp64"])
+    assert e.value.code == 2
+
+
+def test_a_model_file_instead_of_its_folder_says_pass_the_folder(artifact, photo_dir, capsys):
+    assert main(["scan", str(photo_dir), "--model", str(artifact / "model.fp32.onnx"), "--no-progress"]) == 3
+    err = " ".join(capsys.readouterr().err.split())
+    assert "is a file" in err and f"pass its folder, {artifact}" in err
+
+
+def test_train_without_the_training_extra_names_the_extra(tmp_path):
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules['torch'] = None  # as in a runtime-only install
+        from sid_edge.cli import main
+        sys.exit(main(['train', '--data', {str(tmp_path)!r}, '--out', {str(tmp_path / 'h')!r}]))
+    """)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "synthetic").mkdir()
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert "pip install 'sid-edge[train]'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_tables_are_not_cut_without_a_terminal(precision_artifact):
+    r = subprocess.run([sys.executable, "-m", "sid_edge", "info", str(precision_artifact)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "…" not in r.stdout  # rich's ellipsis marks a cut cell
+    assert "max|Δp|" in r.stdout and "cos min" in r.stdout
