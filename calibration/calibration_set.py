@@ -22,7 +22,7 @@ import numpy as np
 from sid_edge.artifact.files import write_text_atomic
 from sid_edge.calibration.selection import select_stratified
 from sid_edge.tools.datasets import LabelledImage, dataset_location, read_labelled_images
-from sid_edge.tools.caches import cache_root
+from sid_edge.tools.caches import cache_root, content_sha256
 from sid_edge.artifact.preprocessing import Preprocessing
 from sid_edge.runtime.batching import iter_batches
 
@@ -31,7 +31,7 @@ TaskFactory = Callable[[str, int], Callable[[int], None]]
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: records carry the image's sha256
 #: Calibration images when a CUDA or TensorRT provider calibrates (the usual PTQ set size).
 GPU_CALIBRATION_SIZE = 512
 #: On a CPU a ViT-L/14-336 calibration pass costs ~40 s an image (plus ~4 min fixed): 32 images keep an INT8 export
@@ -58,8 +58,14 @@ def default_cache_dir() -> Path:
 
 
 def image_record(item: LabelledImage) -> dict:
-    """The JSON record of one image: key, image_id, label, source, split."""
-    return {"key": item.key, "image_id": item.image_id, "label": item.label, "source": item.source, "split": item.split}
+    """The JSON record of one image: key, image_id, label, source, split, and the sha256 of its bytes (what
+    evaluation excludes it by, whatever the spelling of the dataset's path)."""
+    try:
+        digest = content_sha256(item.image)
+    except (OSError, ValueError):
+        digest = None
+    return {"key": item.key, "image_id": item.image_id, "label": item.label, "source": item.source, "split": item.split,
+            "sha256": digest}
 
 
 @dataclass
@@ -97,7 +103,8 @@ class CalibrationSet:
         for r in self.records:
             by_source[r["source"]] = by_source.get(r["source"], 0) + 1
         return {**self.description, "images": len(self.records), "by_label": by_label, "by_source": by_source,
-                "skipped": self.skipped, "image_ids": sorted(set(self.image_ids))}
+                "skipped": self.skipped, "image_ids": sorted(set(self.image_ids)),
+                "image_sha256": sorted({r["sha256"] for r in self.records if r.get("sha256")})}
 
 
 def _stamp(item: LabelledImage) -> str:

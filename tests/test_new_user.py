@@ -1,6 +1,7 @@
 """What a new user meets (issue: new users): warnings on random weights every time, case-insensitive choices, -v
 anywhere, messages that say what to do, full tables without a terminal."""
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -67,3 +68,19 @@ def test_tables_are_not_cut_without_a_terminal(precision_artifact):
     assert r.returncode == 0, r.stderr
     assert "…" not in r.stdout  # rich's ellipsis marks a cut cell
     assert "max|Δp|" in r.stdout and "cos min" in r.stdout
+
+
+def test_calibration_exclusion_does_not_depend_on_how_the_path_is_spelled(precision_artifact, synthclic_dir, tmp_path,
+                                                                          monkeypatch):
+    from sid_edge.tools.evaluation.runner import NamedData, evaluate, load_detector
+
+    det = [load_detector("int8", precision_artifact, "int8")]
+    absolute = evaluate(det, [NamedData("s", str(synthclic_dir))], split="train", cache_root=tmp_path / "c")
+    monkeypatch.chdir(synthclic_dir.parent)
+    relative = evaluate(det, [NamedData("s", synthclic_dir.name)], split="train", cache_root=tmp_path / "c")
+    copy = tmp_path / "copy"  # the same images elsewhere are the same images
+    shutil.copytree(synthclic_dir, copy)
+    moved = evaluate(det, [NamedData("s", str(copy))], split="train", cache_root=tmp_path / "c")
+    counts = [r.scored[("int8", "s")].excluded_calibration for r in (absolute, relative, moved)]
+    assert counts[0] > 0 and len(set(counts)) == 1
+    assert len({len(r.scored[("int8", "s")].labels) for r in (absolute, relative, moved)}) == 1

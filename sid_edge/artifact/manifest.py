@@ -325,6 +325,8 @@ class Calibration(_Block):
     by_label: dict[StrictStr, Annotated[StrictInt, Field(ge=0)]] = Field(default_factory=dict)
     by_source: dict[StrictStr, Annotated[StrictInt, Field(ge=0)]] = Field(default_factory=dict)
     image_ids: list[StrictStr] = Field(default_factory=list)
+    #: sha256 of each calibration image's bytes: evaluation excludes by content, whatever the path's spelling.
+    image_sha256: list[Sha256] = Field(default_factory=list)
 
 
 class FidelitySet(_Block):
