@@ -153,6 +153,8 @@ class HeadKind:
         raise NotImplementedError
 
     def report(self, module: nn.Module, initial: dict, final: dict, **common) -> Any:
+        """The kind's report from the common figures (val_ap, best_epoch, n_train, n_val, history) and the
+        :meth:`monitor` figures before training (``initial``) and at the kept epoch (``final``)."""
         raise NotImplementedError
 
     # -- files

@@ -25,14 +25,15 @@ from sid_edge.build.head_kinds import POOLED_FEATURE, clip_cues_kind, head_kind
 from sid_edge.build.linear_heads import LinearHead, OrthogonalHead, orthogonality_penalty
 from sid_edge.build.vocabulary import Concept
 
-__all__ = ["HeadConfig", "HEAD_FORMAT", "HEAD_FORMAT_VERSION", "HEAD_KINDS", "CLIP_CUES_BACKBONE", "build_head",
+__all__ = ["HeadConfig", "HEAD_FORMAT", "HEAD_FORMAT_VERSION", "CLIP_CUES_BACKBONE", "build_head",
            "head_config", "concept_head_config", "save_head", "load_head", "load_clip_cues_checkpoint",
            "OrthogonalHead", "LinearHead", "ConceptBottleneck", "orthogonality_penalty"]
 
 HEAD_FORMAT = "sid-edge-head"
 HEAD_FORMAT_VERSION = 1
-#: The kinds :func:`build_head` builds from a size alone (a concept model also needs its text embeddings).
-HEAD_KINDS = ("orthogonal", "linear")
+#: The kinds :func:`build_head` builds from a size alone (a concept model also needs its text embeddings); every
+#: kind is in :data:`sid_edge.build.head_kinds.HEAD_KINDS`.
+_SIZED_KINDS = ("orthogonal", "linear")
 
 #: The backbone the clip-cues checkpoints were trained on (Hugging Face openai/clip-vit-large-patch14-336 pooler_output).
 CLIP_CUES_BACKBONE = {"model_name": DEFAULT_CLIP_MODEL, "pretrained": DEFAULT_CLIP_PRETRAINED, "feature_dim": 1024}
@@ -60,8 +61,8 @@ class HeadConfig:
 def build_head(kind: str, feature_dim: int, k: int = 8) -> nn.Module:
     """A fresh head of ``kind`` ('orthogonal' or 'linear') on ``feature_dim``-d features. Raises ValueError for
     another kind (a concept model is built from text embeddings: :class:`ConceptBottleneck`)."""
-    if kind not in HEAD_KINDS:
-        raise ValueError(f"unknown head kind {kind!r}; expected one of {HEAD_KINDS}")
+    if kind not in _SIZED_KINDS:
+        raise ValueError(f"unknown head kind {kind!r}; expected one of {_SIZED_KINDS}")
     return head_kind(kind).new_sized(feature_dim, k)
 
 
