@@ -108,8 +108,9 @@ def concept_directions(tiny_backbone):
 @pytest.fixture(scope="session")
 def concept_head(tiny_backbone, demo_features, concept_directions, tmp_path_factory) -> Path:
     """A concept bottleneck model trained through the library on the demo data, saved as a head directory."""
-    from sid_edge.build.concept_model import ConceptTrainConfig, concept_head_config, train_concept_model, vocabulary_block
-    from sid_edge.build.heads import save_head
+    from sid_edge.build.concept_model import vocabulary_block
+    from sid_edge.build.heads import concept_head_config, save_head
+    from sid_edge.build.training import ConceptTrainConfig, train_concept_model
 
     feats, labels = demo_features
     concepts, directions = concept_directions

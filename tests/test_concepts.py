@@ -144,7 +144,7 @@ def test_paper_concept_checkpoint_refused_on_a_smaller_backbone(tiny_backbone, t
 
 
 def test_concept_model_trains_and_sparsity_lowers_active_gates(demo_features, concept_directions):
-    from sid_edge.build.concept_model import ConceptTrainConfig, train_concept_model
+    from sid_edge.build.training import ConceptTrainConfig, train_concept_model
 
     feats, labels = demo_features
     _, directions = concept_directions
@@ -293,13 +293,13 @@ def test_top_concepts_by_score_without_a_concept_model(artifact, photo_dir):
 def test_cli_train_concepts(demo_data, tmp_path, capsys):
     backbone = ["--clip-model", "sid-edge-tiny", "--clip-pretrained", "none"]
     out = tmp_path / "cm"
-    assert main(["train", "--data", str(demo_data), "--out", str(out), "--model", "concepts", "--epochs", "5",
+    assert main(["train", "--data", str(demo_data), "--out", str(out), "--head-kind", "concepts", "--epochs", "5",
                  "--sparsity-weight", "1e-3", *backbone]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["n_concepts"] == 129 and 0.0 <= report["val_ap"] <= 1.0
     assert report["active_gates"] < report["active_gates_initial"]
     cfg = json.loads((out / "head.json").read_text())
     assert cfg["kind"] == "concepts" and cfg["training"]["config"]["sparsity_weight"] == 1e-3
-    assert main(["train", "--data", str(demo_data), "--out", str(tmp_path / "x"), "--model", "concepts",
+    assert main(["train", "--data", str(demo_data), "--out", str(tmp_path / "x"), "--head-kind", "concepts",
                  "--vocabulary", str(tmp_path / "missing.csv"), *backbone]) == 2
     assert main(["export", "--head", str(out), "--out", str(tmp_path / "e"), "--vocabulary", "none", *backbone]) == 2

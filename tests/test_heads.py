@@ -120,3 +120,44 @@ def test_linear_head_activation_is_logit():
     logit, acts = head(torch.randn(2, 10))
     assert acts.shape == (2, 1)
     np.testing.assert_allclose(logit.detach().numpy(), acts[:, 0].detach().numpy())
+
+
+def test_one_loader_for_every_kind_round_trips(tmp_path):
+    # A clip-cues-shaped concept checkpoint imports through the same importer as the heads, saves as a head
+    # directory and loads back through the same loader with the same outputs.
+    from sid_edge.build.heads import ConceptBottleneck, head_config
+
+    g = torch.Generator().manual_seed(0)
+    c, e = 5, 12
+    sd = {"model.text_embeddings": torch.nn.functional.normalize(torch.randn(c, e, generator=g), dim=1),
+          "model.W_concepts.weight": torch.randn(c, e, generator=g), "model.W_concepts.bias": torch.randn(c, generator=g),
+          "model.W_classifier.weight": torch.randn(1, c, generator=g), "model.W_classifier.bias": torch.randn(1, generator=g)}
+    torch.save({"model_type": "concept", "state_dict": sd}, tmp_path / "cm.ckpt")
+    model, cfg = load_head(tmp_path / "cm.ckpt")
+    assert isinstance(model, ConceptBottleneck) and not model.training
+    assert (cfg.kind, cfg.k, cfg.feature_dim, cfg.feature) == ("concepts", c, e, "image_embedding")
+    assert cfg.training == {"temperature": 0.1} and cfg.vocabulary["concepts"][4]["name"] == "concept_004"
+    x = torch.randn(3, e, generator=g)
+    expected = ((torch.nn.functional.normalize(x, dim=1) @ sd["model.text_embeddings"].T)
+                * torch.sigmoid(torch.nn.functional.normalize(x, dim=1) @ sd["model.W_concepts.weight"].T
+                                + sd["model.W_concepts.bias"])) @ sd["model.W_classifier.weight"][0] + sd["model.W_classifier.bias"]
+    torch.testing.assert_close(model(x)[0], expected, atol=1e-5, rtol=0)
+    for head in (model, OrthogonalHead(e, 3), LinearHead(e)):
+        out = save_head(head, head_config(head, {"model_name": "x"}, vocabulary=cfg.vocabulary if head is model else None),
+                        tmp_path / head.kind)
+        loaded, loaded_cfg = load_head(out)
+        assert type(loaded) is type(head) and loaded_cfg.kind == head.kind and loaded_cfg.k == head.k
+        torch.testing.assert_close(loaded(x)[0], head.eval()(x)[0])
+
+
+def test_bad_head_json_is_refused_with_the_file_name(tmp_path):
+    import json
+
+    out = save_head(LinearHead(4), HeadConfig(kind="linear", k=1, feature_dim=4), tmp_path / "h")
+    raw = json.loads((out / "head.json").read_text())
+    for change, message in [({"kind": "mlp"}, "unknown head kind 'mlp'"), ({"colour": 1}, r"unknown fields \['colour'\]"),
+                            ({"k": 3, "kind": "orthogonal"}, "weights do not match a orthogonal head")]:
+        (out / "head.json").write_text(json.dumps({**raw, **change}))
+        with pytest.raises(ValueError, match=message) as e:
+            load_head(out)
+        assert str(out) in str(e.value)

@@ -5,8 +5,11 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
+import torch.nn.functional as F
+
+from sid_edge.build.head_kinds import ConceptTrainConfig, ConceptTrainReport, TrainReport
 from sid_edge.build.heads import orthogonality_penalty
-from sid_edge.build.training import TrainConfig, stratified_split, train_head
+from sid_edge.build.training import TrainConfig, stratified_split, train, train_head
 
 
 def correlated_features(n=400, d=64, seed=0):
@@ -81,6 +84,75 @@ def test_stratified_split_deterministic_and_stratified():
 def test_single_class_is_refused():
     with pytest.raises(ValueError, match="both classes"):
         train_head(np.zeros((10, 8), np.float32), np.zeros(10, int))
+    with pytest.raises(ValueError, match="at least 2 images of each class; found 5 real and 1 synthetic"):
+        stratified_split(np.array([0] * 5 + [1]), 0.2, seed=0)
+
+
+def test_stratified_split_is_scikit_learns():
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    y = np.random.default_rng(0).integers(0, 2, 101)
+    tr, va = stratified_split(y, 0.2, seed=5)
+    ref_tr, ref_va = next(StratifiedShuffleSplit(n_splits=1, test_size=21, random_state=5).split(np.zeros((101, 1)), y))
+    np.testing.assert_array_equal(va, np.sort(ref_va))
+    np.testing.assert_array_equal(tr, np.sort(ref_tr))
+    # At least one item per class on each side, even for a validation share that rounds to nothing.
+    tr, va = stratified_split(np.array([0, 0, 1, 1, 0, 1]), 0.0, seed=0)
+    assert sorted(np.array([0, 0, 1, 1, 0, 1])[va]) == [0, 1] and len(tr) == 4
+
+
+@pytest.mark.parametrize("kind", ["orthogonal", "linear"])
+def test_validation_loss_is_the_papers_objective(kind):
+    # BCE with label smoothing 0.1 (+ 0.33 * ||I - A^T A||_F for the orthogonal head), recomputed here from the
+    # kept weights on the validation split.
+    x, y = correlated_features(seed=6)
+    head, report = train_head(x, y, TrainConfig(kind=kind, k=4 if kind == "orthogonal" else 1, max_epochs=15))
+    _, va = stratified_split(y, 0.2, 0)
+    with torch.no_grad():
+        logit, acts = head(torch.from_numpy(x[va]))
+    target = torch.from_numpy(y[va]).float() * 0.9 + 0.05
+    expected = float(F.binary_cross_entropy_with_logits(logit, target))
+    if kind == "orthogonal":
+        expected += 0.33 * float(orthogonality_penalty(acts))
+        assert float(orthogonality_penalty(acts)) > 0.01  # the term is really in there
+    assert report.history[report.best_epoch - 1]["val_loss"] == pytest.approx(expected, rel=1e-5)
+    if kind == "linear":  # no regulariser: the training loss is the BCE
+        assert all(r["train_loss"] == pytest.approx(r["bce"], rel=1e-9) for r in report.history)
+
+
+def concept_problem(n=120, e=16, c=10, seed=0):
+    rng = np.random.default_rng(seed)
+    t = rng.normal(size=(c, e)).astype(np.float32)
+    y = rng.integers(0, 2, n)
+    emb = rng.normal(size=(n, e)) + np.outer(y - 0.5, t[0] - t[1])
+    return (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32), y, t
+
+
+def test_one_loop_trains_every_kind_deterministically():
+    x, y = correlated_features(n=120, seed=7)
+    emb, ye, t = concept_problem()
+    runs = {
+        "orthogonal": lambda seed: train("orthogonal", x, y, TrainConfig(k=4, max_epochs=8, seed=seed)),
+        "linear": lambda seed: train("linear", x, y, TrainConfig(kind="linear", k=1, max_epochs=8, seed=seed)),
+        "concepts": lambda seed: train("concepts", emb, ye, ConceptTrainConfig(max_epochs=8, sparsity_weight=1e-2,
+                                                                             seed=seed), text_embeddings=t),
+    }
+    for kind, run in runs.items():
+        (a, ra), (b, rb), (c, _) = run(0), run(0), run(1)
+        assert a.kind == kind and not a.training
+        assert isinstance(ra, ConceptTrainReport if kind == "concepts" else TrainReport)
+        assert ra.to_dict() == rb.to_dict()
+        for (name, va), vb, vc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+            assert torch.equal(va, vb), (kind, name)
+        assert any(not torch.equal(va, vc) for va, vc in zip(a.state_dict().values(), c.state_dict().values()))
+    # The concept model's loss is BCE + beta * KL (no label smoothing), averaged over the epoch's batches.
+    _, rc = runs["concepts"](0)
+    for row in rc.history:
+        assert row["train_loss"] == pytest.approx(row["bce"] + 1e-2 * row["kl"], rel=1e-6)
+    with pytest.raises(ValueError, match="unknown head kind 'mlp'"):
+        train("mlp", x, y)
+    with pytest.raises(ValueError, match="concept embeddings"):
+        train("concepts", emb, ye, text_embeddings=t[:, :5])
 
 
 def test_linear_head_trains():
@@ -112,6 +184,27 @@ def test_cli_train_rejects_bad_head_dim(demo_data, tmp_path):
     from sid_edge.cli import main
 
     assert main(["train", "--data", str(demo_data), "--out", str(tmp_path / "h"), "--head-dim", "17"]) == 2
+
+
+def test_cli_head_kind_flag_and_its_deprecated_aliases(demo_data, tmp_path, capsys):
+    from sid_edge.cli import main
+
+    tiny = ["--clip-model", "sid-edge-tiny", "--clip-pretrained", "none", "--epochs", "3"]
+    assert main(["train", "--data", str(demo_data), "--out", str(tmp_path / "a"), "--head-kind", "linear", *tiny]) == 0
+    out, err = capsys.readouterr()
+    assert "deprecated" not in err
+    assert json.loads((tmp_path / "a" / "head.json").read_text())["kind"] == "linear"
+    first = json.loads(out.strip().splitlines()[-1])
+    for flag in ("--model", "--head"):
+        assert main(["train", "--data", str(demo_data), "--out", str(tmp_path / flag), flag, "linear", *tiny]) == 0
+        out, err = capsys.readouterr()
+        assert f"deprecated: `sid-edge train {flag} linear` is now `--head-kind linear`" in " ".join(err.split())
+        again = json.loads(out.strip().splitlines()[-1])  # stdout stays one JSON line; same seed, same head
+        assert json.loads((tmp_path / flag / "head.json").read_text())["kind"] == "linear"
+        assert (again["val_ap"], again["best_epoch"]) == (first["val_ap"], first["best_epoch"])
+    assert main(["train", "--data", str(demo_data), "--out", str(tmp_path / "x"), "--head-kind", "orthogonal",
+                 "--model", "linear"]) == 2
+    assert "--model linear contradicts --head-kind orthogonal" in capsys.readouterr().err
 
 
 def test_features_are_cached(tiny_backbone, demo_data, tmp_path, monkeypatch):

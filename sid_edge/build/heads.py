@@ -1,86 +1,42 @@
-"""Classification heads on the pooled CLIP feature, their files, and import of the paper's checkpoints.
-
-Heads (source: Willi et al., clip-cues, ``ActivationOrthogonalityHead`` / ``LinearHead``):
-
-* ``orthogonal``: Linear(D -> k) with orthogonal init (the k "directions"), then Linear(k -> 1) to the logit.
-  No non-linearity in between, so the whole head is linear and its k activations are interpretable.
-* ``linear``: Linear(D -> 1), the linear-probe baseline; its single activation is the logit.
+"""Head files: save, load (one loader for every kind) and import of the paper's checkpoints.
 
 A saved head is a directory: ``head.safetensors`` (weights) + ``head.json`` (kind, k, feature, backbone
-identity, training report). Never a pickle. The paper's released ``.ckpt`` files are read with
-``torch.load(weights_only=True)``.
+identity, training report; concept heads also their vocabulary). Never a pickle. The paper's released ``.ckpt``
+files (github.com/marco-willi/clip-cues) are read with ``torch.load(weights_only=True)``.
+
+The kinds themselves (orthogonal, linear, concepts: modules, losses, hyper-parameters) are the registry
+:mod:`sid_edge.build.head_kinds`; the module classes are re-exported here for the code that builds heads by hand.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sid_edge.artifact.names import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
+from sid_edge.build.concept_model import ConceptBottleneck, vocabulary_block
+from sid_edge.build.head_kinds import POOLED_FEATURE, clip_cues_kind, head_kind
+from sid_edge.build.linear_heads import LinearHead, OrthogonalHead, orthogonality_penalty
+from sid_edge.build.vocabulary import Concept
+
+__all__ = ["HeadConfig", "HEAD_FORMAT", "HEAD_FORMAT_VERSION", "CLIP_CUES_BACKBONE", "build_head",
+           "head_config", "concept_head_config", "save_head", "load_head", "load_clip_cues_checkpoint",
+           "OrthogonalHead", "LinearHead", "ConceptBottleneck", "orthogonality_penalty"]
 
 HEAD_FORMAT = "sid-edge-head"
 HEAD_FORMAT_VERSION = 1
-HEAD_KINDS = ("orthogonal", "linear")
+#: The kinds :func:`build_head` builds from a size alone (a concept model also needs its text embeddings); every
+#: kind is in :data:`sid_edge.build.head_kinds.HEAD_KINDS`.
+_SIZED_KINDS = ("orthogonal", "linear")
 
 #: The backbone the clip-cues checkpoints were trained on (Hugging Face openai/clip-vit-large-patch14-336 pooler_output).
 CLIP_CUES_BACKBONE = {"model_name": DEFAULT_CLIP_MODEL, "pretrained": DEFAULT_CLIP_PRETRAINED, "feature_dim": 1024}
-
-
-class OrthogonalHead(nn.Module):
-    """Linear(D->k) (orthogonal init) -> Linear(k->1).
-
-    forward(features [B,D] float32) -> (logit [B], activations [B,k]).
-    """
-
-    kind = "orthogonal"
-
-    def __init__(self, feature_dim: int, k: int = 8):
-        super().__init__()
-        if not 1 <= k <= feature_dim:
-            raise ValueError(f"head dimension k={k} must be in 1..{feature_dim}")
-        self.directions = nn.Linear(feature_dim, k)
-        self.to_logit = nn.Linear(k, 1)
-        nn.init.orthogonal_(self.directions.weight)
-
-    @property
-    def k(self) -> int:
-        return self.directions.out_features
-
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        activations = self.directions(features)
-        return self.to_logit(activations).squeeze(-1), activations
-
-
-class LinearHead(nn.Module):
-    """Linear(D->1). forward(features [B,D]) -> (logit [B], activations [B,1] = the logit)."""
-
-    kind = "linear"
-
-    def __init__(self, feature_dim: int):
-        super().__init__()
-        self.fc = nn.Linear(feature_dim, 1)
-
-    @property
-    def k(self) -> int:
-        return 1
-
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logit = self.fc(features)
-        return logit.squeeze(-1), logit
-
-
-def orthogonality_penalty(activations: torch.Tensor) -> torch.Tensor:
-    """‖I − ÂᵀÂ‖_F for a batch of head activations [B,k], Â = activations L2-normalised per column (over the
-    batch). Source: clip-cues ``ActivationOrthogonalityHead.compute_loss``. Returns a scalar tensor (unweighted)."""
-    a = F.normalize(activations, dim=0)
-    gram = a.T @ a
-    return torch.linalg.matrix_norm(torch.eye(gram.shape[0], device=gram.device) - gram)
 
 
 @dataclass
@@ -90,7 +46,7 @@ class HeadConfig:
     kind: str
     k: int
     feature_dim: int
-    feature: str = "pooled_pre_projection"
+    feature: str = POOLED_FEATURE
     backbone: dict = field(default_factory=dict)
     threshold: float = 0.5
     source: str = "sid-edge train"
@@ -103,12 +59,28 @@ class HeadConfig:
 
 
 def build_head(kind: str, feature_dim: int, k: int = 8) -> nn.Module:
-    """A fresh head of ``kind`` ('orthogonal' or 'linear'). Raises ValueError for another kind."""
-    if kind == "orthogonal":
-        return OrthogonalHead(feature_dim, k)
-    if kind == "linear":
-        return LinearHead(feature_dim)
-    raise ValueError(f"unknown head kind {kind!r}; expected one of {HEAD_KINDS}")
+    """A fresh head of ``kind`` ('orthogonal' or 'linear') on ``feature_dim``-d features. Raises ValueError for
+    another kind (a concept model is built from text embeddings: :class:`ConceptBottleneck`)."""
+    if kind not in _SIZED_KINDS:
+        raise ValueError(f"unknown head kind {kind!r}; expected one of {_SIZED_KINDS}")
+    return head_kind(kind).new_sized(feature_dim, k)
+
+
+def head_config(module: nn.Module, backbone: dict, *, source: str = "sid-edge train", training: dict | None = None,
+                vocabulary: dict | None = None) -> HeadConfig:
+    """The HeadConfig of a trained or imported ``module`` of any kind: kind, k, input size and feature from the
+    registry, plus what the loader needs back in ``training`` (a concept model's temperature)."""
+    kind = head_kind(module.kind)
+    return HeadConfig(kind=kind.name, k=module.k, feature_dim=module.feature_dim, feature=kind.feature,
+                      backbone=dict(backbone), source=source,
+                      training={**kind.saved_training(module), **(training or {})}, vocabulary=vocabulary)
+
+
+def concept_head_config(model: ConceptBottleneck, vocabulary: dict, backbone: dict, *, source: str = "sid-edge train",
+                        training: dict | None = None) -> HeadConfig:
+    """A HeadConfig (kind ``concepts``, k = C, feature ``image_embedding`` of E dims) for ``model``;
+    ``vocabulary`` from :func:`sid_edge.build.concept_model.vocabulary_block`."""
+    return head_config(model, backbone, source=source, training=training, vocabulary=vocabulary)
 
 
 def save_head(head: nn.Module, config: HeadConfig, out_dir: str | os.PathLike) -> Path:
@@ -123,13 +95,14 @@ def save_head(head: nn.Module, config: HeadConfig, out_dir: str | os.PathLike) -
 
 
 def load_head(path: str | os.PathLike) -> tuple[nn.Module, HeadConfig]:
-    """Load a head from a sid-edge head directory (or its head.json / head.safetensors) or a clip-cues ``.ckpt``.
+    """Load a head of any kind from a sid-edge head directory (or its head.json / head.safetensors) or a
+    clip-cues ``.ckpt``.
 
     Returns (head module in eval mode, config). Concept bottleneck models (sid-edge kind ``concepts``, clip-cues
-    ``model_type == "concept"``) load as :class:`sid_edge.build.concept_model.ConceptBottleneck`, which reads the
-    projected image embedding instead of the pooled feature (``cfg.feature``). Raises FileNotFoundError for a
-    missing path and ValueError naming the file for anything that is not a head this project can use (wrong
-    format, unknown keys, wrong shapes).
+    ``model_type == "concept"``) load as :class:`ConceptBottleneck`, which reads the projected image embedding
+    instead of the pooled feature (``cfg.feature``). Raises FileNotFoundError for a missing path and ValueError
+    naming the file for anything that is not a head this project can use (wrong format, unknown kind or keys,
+    wrong shapes, a vocabulary whose size differs from the weights).
     """
     p = Path(path)
     if not p.exists():
@@ -150,48 +123,47 @@ def _load_sid_edge_head(directory: Path) -> tuple[nn.Module, HeadConfig]:
             raise ValueError(f"{directory}: not a sid-edge head directory ({f.name} missing)")
     try:
         raw = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{cfg_path}: not valid JSON ({e})") from e
+    if not isinstance(raw, dict):
+        raise ValueError(f"{cfg_path}: not a sid-edge head (a JSON object expected)")
     if raw.get("format") != HEAD_FORMAT:
         raise ValueError(f"{cfg_path}: format is {raw.get('format')!r}, expected {HEAD_FORMAT!r}")
     if raw.get("version") != HEAD_FORMAT_VERSION:
         raise ValueError(f"{cfg_path}: head format version {raw.get('version')} is not supported")
-    if raw.get("kind") == "concepts":
-        from sid_edge.build.concept_model import load_concept_head
-
-        return load_concept_head(directory)
-    raw = {k: v for k, v in raw.items() if k not in ("format", "version")}
-    cfg = HeadConfig(**raw)
-    head = build_head(cfg.kind, cfg.feature_dim, cfg.k)
+    fields = {f.name for f in dataclasses.fields(HeadConfig)}
+    unknown = sorted(set(raw) - fields - {"format", "version"})
+    if unknown:
+        raise ValueError(f"{cfg_path}: unknown fields {unknown}")
+    try:
+        cfg = HeadConfig(**{k: v for k, v in raw.items() if k in fields})
+    except TypeError as e:
+        raise ValueError(f"{cfg_path}: {e}") from e
+    try:
+        kind = head_kind(cfg.kind)
+    except ValueError as e:
+        raise ValueError(f"{cfg_path}: {e}") from e
     state = load_file(str(weights_path))
     try:
-        head.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"{weights_path}: weights do not match a {cfg.kind} head (k={cfg.k}, D={cfg.feature_dim}): {e}") from e
+        head = kind.from_state(state, cfg.k, cfg.feature_dim, cfg.training if isinstance(cfg.training, dict) else {})
+    except ValueError as e:
+        raise ValueError(f"{weights_path}: {e}") from e
+    names = (cfg.vocabulary or {}).get("concepts", []) if kind.name == "concepts" else []
+    if names and len(names) != head.k:
+        raise ValueError(f"{cfg_path}: {len(names)} concept names for {head.k} concept embeddings")
     return head, cfg
 
 
-_CLIP_CUES_KEYS = {
-    "clip": {
-        "model.classification_head.layers.0.weight": "directions.weight",
-        "model.classification_head.layers.0.bias": "directions.bias",
-        "model.classification_head.to_logits.weight": "to_logit.weight",
-        "model.classification_head.to_logits.bias": "to_logit.bias",
-    },
-    "linear": {
-        "model.classification_head.fc.weight": "fc.weight",
-        "model.classification_head.fc.bias": "fc.bias",
-    },
-}
-
-
 def load_clip_cues_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, HeadConfig]:
-    """Import a clip-cues head checkpoint (github.com/marco-willi/clip-cues, ``data/checkpoints/*.ckpt``).
+    """Import a clip-cues checkpoint of any kind (github.com/marco-willi/clip-cues, ``data/checkpoints/*.ckpt``).
 
     Format (torch.save dict, read with ``weights_only=True``): ``{"model_type": "clip"|"linear"|"concept",
-    "state_dict": ...}``; clip: ``layers.0`` (k,1024) + ``to_logits`` (1,k); linear: ``fc`` (1,1024). Their
-    feature is the 1024-d pooled CLS of ViT-L/14-336 (OpenAI weights) before the projection. ``concept``
-    checkpoints are imported by :func:`sid_edge.build.concept_model.import_clip_cues_concept_checkpoint`.
+    "state_dict": ...}``; clip: ``layers.0`` (k,1024) + ``to_logits`` (1,k) -> an orthogonal head; linear: ``fc``
+    (1,1024) -> a linear head; their feature is the 1024-d pooled CLS of ViT-L/14-336 (OpenAI weights) before the
+    projection. concept: ``model.text_embeddings`` (C,768), ``model.W_concepts.{weight (C,768), bias (C)}``,
+    ``model.W_classifier.{weight (1,C), bias (1)}`` -> a concept model on that backbone's 768-d projected image
+    embedding; the checkpoint carries no concept names, so they are ``concept_000`` … until an export names them
+    with the paper's vocabulary CSV (``--vocabulary antonyms.csv``).
 
     Raises ValueError naming the file: not a torch checkpoint, unsafe pickle content, unknown ``model_type``,
     missing/extra keys, inconsistent shapes.
@@ -204,34 +176,27 @@ def load_clip_cues_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, HeadC
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "model_type" not in ckpt:
         raise ValueError(f"{p}: not a clip-cues checkpoint (expected a dict with 'model_type' and 'state_dict')")
     model_type = ckpt["model_type"]
-    if model_type == "concept":
-        from sid_edge.build.concept_model import import_clip_cues_concept_checkpoint
-
-        return import_clip_cues_concept_checkpoint(p, ckpt)
-    if model_type not in _CLIP_CUES_KEYS:
-        raise ValueError(f"{p}: unknown clip-cues model_type {model_type!r} (expected 'clip', 'linear' or 'concept')")
-    mapping = _CLIP_CUES_KEYS[model_type]
-    state = ckpt["state_dict"]
-    if set(state) != set(mapping):
-        raise ValueError(f"{p}: state_dict keys {sorted(state)} do not match a clip-cues {model_type!r} head {sorted(mapping)}")
-    new_state = {mapping[k]: v.float() for k, v in state.items()}
-    if model_type == "clip":
-        k, d = new_state["directions.weight"].shape
-        head: nn.Module = OrthogonalHead(d, k)
-        kind = "orthogonal"
-    else:
-        k, d = 1, new_state["fc.weight"].shape[1]
-        head = LinearHead(d)
-        kind = "linear"
     try:
-        head.load_state_dict(new_state, strict=True)
-    except RuntimeError as e:
+        kind = clip_cues_kind(model_type)
+    except ValueError as e:
+        raise ValueError(f"{p}: {e}") from e
+    mapping, state = kind.clip_cues_keys, ckpt["state_dict"]
+    if not isinstance(state, dict) or set(state) != set(mapping):
+        keys = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{p}: state_dict keys {keys} do not match a clip-cues {model_type!r} model {sorted(mapping)}")
+    new_state = {mapping[k]: torch.as_tensor(v).float() for k, v in state.items()}
+    first_key = next(iter(mapping))  # the first layer: (k, D) weights, (1, D) for linear, (C, E) text embeddings
+    first = new_state[mapping[first_key]]
+    if first.ndim != 2:
+        raise ValueError(f"{p}: {first_key} must be 2-d, got {tuple(first.shape)}")
+    k, d = first.shape
+    try:
+        head = kind.from_state(new_state, k, d, {})
+    except ValueError as e:
         raise ValueError(f"{p}: inconsistent shapes: {e}") from e
-    cfg = HeadConfig(
-        kind=kind,
-        k=k,
-        feature_dim=d,
-        backbone=dict(CLIP_CUES_BACKBONE),
-        source=f"clip-cues checkpoint {p.name}",
-    )
-    return head, cfg
+    source = f"clip-cues checkpoint {p.name}"
+    vocabulary = None
+    if kind.name == "concepts":
+        names = [Concept(name=f"concept_{i:03d}", positive="", negative="", category="") for i in range(head.k)]
+        vocabulary = vocabulary_block(names, template="", source=f"{source} (unnamed)", named=False)
+    return head.eval(), head_config(head, CLIP_CUES_BACKBONE, source=source, vocabulary=vocabulary)

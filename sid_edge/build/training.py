@@ -1,8 +1,11 @@
-"""Train a head on cached backbone features (needs torch, scikit-learn).
+"""Train any head kind on cached backbone features (needs torch, scikit-learn): ONE loop, one early-stopping rule.
 
-Recipe (Willi et al., clip-cues): orthogonal init of the k×D layer; loss = BCE-with-logits with label smoothing
-0.1 + 0.33·‖I − ÂᵀÂ‖_F (Â: the batch's k-d activations L2-normalised per column); AdamW (weight decay 0.01);
-a held-out validation split; early stopping on validation AP with patience 5, keeping the best epoch.
+Recipe (Willi et al., clip-cues), the same for every kind of :mod:`sid_edge.build.head_kinds`: a stratified
+held-out validation split (scikit-learn ``StratifiedShuffleSplit``) or the dataset's own; AdamW with the kind's
+parameter groups; loss = BCE-with-logits (label smoothing from the config) + the kind's regulariser (orthogonal:
+0.33·‖I − ÂᵀÂ‖_F, Â the batch's k-d activations L2-normalised per column; concepts: β·KL of the gates to a
+Bernoulli(α) prior); early stopping on validation AP (scikit-learn ``average_precision_score``) with patience 5,
+ties broken by validation loss, keeping the best epoch's weights.
 """
 
 from __future__ import annotations
@@ -10,14 +13,25 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from dataclasses import dataclass, field
+import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import average_precision_score
+from sklearn.model_selection import StratifiedShuffleSplit
 
-from sid_edge.build.heads import build_head, orthogonality_penalty
+from sid_edge.build.head_kinds import (
+    ConceptTrainConfig,
+    ConceptTrainReport,
+    HeadKind,
+    TrainConfig,
+    TrainReport,
+    head_kind,
+)
+
+__all__ = ["train", "train_head", "train_concept_model", "TrainConfig", "TrainReport", "ConceptTrainConfig",
+           "ConceptTrainReport", "EarlyStopping", "stratified_split", "average_precision", "threads_for"]
 
 log = logging.getLogger(__name__)
 
@@ -68,76 +82,57 @@ class EarlyStopping:
         module.eval()
 
 
-@dataclass
-class TrainConfig:
-    """Hyper-parameters; defaults follow the paper where it states them."""
-
-    kind: str = "orthogonal"
-    k: int = 8
-    ortho_weight: float = 0.33
-    label_smoothing: float = 0.1
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    batch_size: int = 256
-    #: An epoch is one pass over the training split, repeated until at least this many optimizer steps: on small
-    #: datasets one pass is a single step, which makes patience-5 early stopping stop before anything is learnt.
-    min_steps_per_epoch: int = 20
-    max_epochs: int = 200
-    patience: int = 5
-    val_fraction: float = 0.2
-    seed: int = 0
-
-
-@dataclass
-class TrainReport:
-    """What training measured. ``history`` has one dict per epoch: train_loss, bce, ortho (unweighted ‖I − ÂᵀÂ‖_F
-    over the training set), val_ap, val_loss."""
-
-    val_ap: float
-    best_epoch: int
-    n_train: int
-    n_val: int
-    ortho_initial: float
-    ortho_final: float
-    history: list[dict] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "history"} | {"epochs": len(self.history)}
-
-
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, val), stratified by label, deterministic for ``seed``; each class keeps >= 1 training and,
-    when it has >= 2 items, >= 1 validation item. Raises ValueError unless both classes are present."""
-    rng = np.random.default_rng(seed)
-    train, val = [], []
-    for c in (0, 1):
-        idx = np.flatnonzero(labels == c)
-        if len(idx) == 0:
+    """Sorted indices (train, val) of a stratified split (scikit-learn ``StratifiedShuffleSplit``), deterministic
+    for ``seed``.
+
+    The validation split holds ceil(val_fraction · N) items, at least 2 and at most N − 2 (scikit-learn needs one
+    item per class on each side), shared between the classes in proportion to their counts. Raises ValueError
+    unless both classes are present with at least 2 items each.
+    """
+    y = np.asarray(labels)
+    counts = [int((y == c).sum()) for c in (0, 1)]
+    for c, n in enumerate(counts):
+        if n == 0:
             raise ValueError(f"training needs both classes; no {'real' if c == 0 else 'synthetic'} images found")
-        idx = rng.permutation(idx)
-        n_val = min(len(idx) - 1, max(1, round(len(idx) * val_fraction))) if len(idx) >= 2 else 0
-        val.extend(idx[:n_val])
-        train.extend(idx[n_val:])
-    return np.sort(np.asarray(train)), np.sort(np.asarray(val))
+    if min(counts) < 2:
+        raise ValueError(f"a stratified validation split needs at least 2 images of each class; found {counts[0]} "
+                         f"real and {counts[1]} synthetic")
+    n_val = min(len(y) - 2, max(2, math.ceil(val_fraction * len(y) - 1e-9)))
+    splitter = StratifiedShuffleSplit(n_splits=1, test_size=n_val, random_state=seed)
+    train, val = next(splitter.split(np.zeros((len(y), 1)), y))
+    if len(np.unique(y[val])) < 2:
+        log.warning("the validation split (%d images) has one class only: validation AP is undefined and early "
+                    "stopping falls back to validation loss; pass a larger val_fraction", len(val))
+    return np.sort(train), np.sort(val)
 
 
-def _ap(labels: np.ndarray, scores: np.ndarray) -> float:
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """AP (scikit-learn ``average_precision_score``) of scores [N] for labels [N] in {0,1}; NaN when one class is
+    missing (AP is undefined there)."""
     if len(np.unique(labels)) < 2:
         return float("nan")
     return float(average_precision_score(labels, scores))
 
 
-def train_head(features: np.ndarray, labels: np.ndarray, config: TrainConfig = TrainConfig(), on_epoch=None,
-               validation: tuple[np.ndarray, np.ndarray] | None = None):
-    """Train a head on features [N,D] float32 with labels [N] in {0,1}.
+def train(kind: str | HeadKind, features: np.ndarray, labels: np.ndarray, config=None, *, on_epoch=None,
+          validation: tuple[np.ndarray, np.ndarray] | None = None, **inputs):
+    """Train a head of ``kind`` (a name of :data:`sid_edge.build.head_kinds.HEAD_KINDS` or an entry) on features
+    [N,D] float32 (the kind's ``feature``: pooled features for orthogonal/linear, image embeddings for concepts)
+    with labels [N] in {0,1}.
 
-    ``validation``: (features [M,D], labels [M]) of a separate validation split (e.g. the dataset's own, as the
-    paper does) for early stopping; by default a stratified ``config.val_fraction`` of the training data is held
-    out instead.
+    ``config``: the kind's ``config_type`` (default: its defaults). ``inputs``: what the kind needs besides the
+    features (concepts: ``text_embeddings`` [C,D]). ``validation``: (features [M,D], labels [M]) of a separate
+    validation split (e.g. the dataset's own, as the paper does) for early stopping; by default a stratified
+    ``config.val_fraction`` of the training data is held out instead.
 
-    Returns (head in eval mode with the best-validation-AP weights, TrainReport). ``on_epoch(dict)`` is called
-    after every epoch (for progress output). Raises ValueError for mismatched shapes or a single class.
+    Deterministic for ``config.seed`` (torch's global RNG is seeded: initialisation, binary-concrete gates; a
+    separate generator shuffles). Returns (module in eval mode with the best-validation-AP weights, the kind's
+    report). ``on_epoch(dict)`` is called after every epoch (for progress output). Raises ValueError for
+    mismatched shapes, labels outside {0,1}, or a single class.
     """
+    kind = kind if isinstance(kind, HeadKind) else head_kind(kind)
+    config = kind.config_type() if config is None else config
     x = torch.as_tensor(np.asarray(features, dtype=np.float32))
     split = None
     if validation is not None:
@@ -148,77 +143,82 @@ def train_head(features: np.ndarray, labels: np.ndarray, config: TrainConfig = T
                              f"training features {tuple(x.shape)}")
         split = (np.arange(len(x)), np.arange(len(x), len(x) + len(xv)))
         x, labels = torch.cat([x, xv]), np.concatenate([np.asarray(labels), np.asarray(yv)])
-    with threads_for(min(config.batch_size, len(x)) * x.shape[-1] * config.k):
-        return _train(x, labels, config, on_epoch, split)
-
-
-def _train(x: torch.Tensor, labels, config: TrainConfig, on_epoch, split=None):
     y_np = np.asarray(labels).astype(np.int64)
     if x.ndim != 2 or len(x) != len(y_np):
         raise ValueError(f"features {tuple(x.shape)} and labels {y_np.shape} do not match")
     if not set(np.unique(y_np)) <= {0, 1}:
         raise ValueError("labels must be 0 (real) or 1 (synthetic)")
+    with threads_for(min(config.batch_size, len(x)) * x.shape[-1] * kind.width(config, **inputs)):
+        return _fit(kind, x, y_np, config, on_epoch, split, inputs)
+
+
+def train_head(features: np.ndarray, labels: np.ndarray, config: TrainConfig = TrainConfig(), on_epoch=None,
+               validation: tuple[np.ndarray, np.ndarray] | None = None):
+    """Train an orthogonal or linear head (``config.kind``) on pooled features [N,D]: :func:`train`.
+    Returns (head, :class:`TrainReport`)."""
+    return train(config.kind, features, labels, config, on_epoch=on_epoch, validation=validation)
+
+
+def train_concept_model(embeddings: np.ndarray, labels: np.ndarray, text_embeddings: np.ndarray,
+                        config: ConceptTrainConfig = ConceptTrainConfig(), on_epoch=None,
+                        validation: tuple[np.ndarray, np.ndarray] | None = None):
+    """Train a concept bottleneck on image embeddings [N,E] float32 (``Features.embedding``) against concept text
+    embeddings [C,E]: :func:`train`. Returns (ConceptBottleneck, :class:`ConceptTrainReport`)."""
+    return train("concepts", embeddings, labels, config, on_epoch=on_epoch, validation=validation,
+                 text_embeddings=text_embeddings)
+
+
+def _objective(kind: HeadKind, module, x: torch.Tensor, y: torch.Tensor, config):
+    """(loss, bce, logged terms, logit) of a batch: BCE with label smoothing + the kind's weighted regulariser."""
+    logit, regulariser, logged = kind.objective(module, x, config)
+    target = y * (1 - config.label_smoothing) + 0.5 * config.label_smoothing
+    bce = F.binary_cross_entropy_with_logits(logit, target)
+    return (bce if regulariser is None else bce + regulariser), bce, logged, logit
+
+
+def _fit(kind: HeadKind, x: torch.Tensor, y_np: np.ndarray, config, on_epoch, split, inputs):
     torch.manual_seed(config.seed)
     tr, va = split if split is not None else stratified_split(y_np, config.val_fraction, config.seed)
     if len(np.unique(y_np[tr])) < 2:
         raise ValueError("training needs both classes in the training data")
     y = torch.as_tensor(y_np, dtype=torch.float32)
-    head = build_head(config.kind, x.shape[1], config.k)
-    opt = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    use_ortho = config.kind == "orthogonal" and config.ortho_weight > 0
+    module = kind.new(x.shape[1], config, **inputs)
+    opt = torch.optim.AdamW(kind.param_groups(module, config))
     gen = torch.Generator().manual_seed(config.seed)
-
-    def ortho_on(idx) -> float:
-        with torch.no_grad():
-            _, acts = head(x[idx])
-            return float(orthogonality_penalty(acts))
-
-    ortho_initial = ortho_on(tr)
+    initial = kind.monitor(module, x[tr])
     stopper, history = EarlyStopping(config.patience), []
     for epoch in range(1, config.max_epochs + 1):
-        head.train()
+        module.train()
         passes = max(1, -(-config.min_steps_per_epoch // -(-len(tr) // config.batch_size)))
         batches = [
             perm[start : start + config.batch_size]
             for perm in (tr[torch.randperm(len(tr), generator=gen).numpy()] for _ in range(passes))
             for start in range(0, len(perm), config.batch_size)
         ]
-        total, total_bce, n = 0.0, 0.0, 0
+        sums: dict[str, float] = {}
+        n = 0
         for idx in batches:
-            logit, acts = head(x[idx])
-            target = y[idx] * (1 - config.label_smoothing) + 0.5 * config.label_smoothing
-            bce = F.binary_cross_entropy_with_logits(logit, target)
-            loss = bce + config.ortho_weight * orthogonality_penalty(acts) if use_ortho and len(idx) > 1 else bce
+            loss, bce, logged, _ = _objective(kind, module, x[idx], y[idx], config)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * len(idx)
-            total_bce += float(bce.detach()) * len(idx)
+            for name, value in {"train_loss": loss, "bce": bce, **logged}.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach()) * len(idx)
             n += len(idx)
-        head.eval()
+        module.eval()
+        eval_idx = va if len(va) else tr
         with torch.no_grad():
-            eval_idx = va if len(va) else tr
-            val_logit, val_acts = head(x[eval_idx])
-            target = y[eval_idx] * (1 - config.label_smoothing) + 0.5 * config.label_smoothing
-            val_loss = float(F.binary_cross_entropy_with_logits(val_logit, target))
-            if use_ortho and len(eval_idx) > 1:
-                val_loss += config.ortho_weight * float(orthogonality_penalty(val_acts))
-        val_ap = _ap(y_np[va], val_logit.numpy()) if len(va) else float("nan")
-        row = {"epoch": epoch, "train_loss": total / n, "bce": total_bce / n, "ortho": ortho_on(tr),
-               "val_ap": val_ap, "val_loss": val_loss}
+            val_loss, _, _, val_logit = _objective(kind, module, x[eval_idx], y[eval_idx], config)
+        val_ap = average_precision(y_np[va], val_logit.numpy()) if len(va) else float("nan")
+        row = {"epoch": epoch, **{name: total / n for name, total in sums.items()}, **kind.monitor(module, x[tr]),
+               "val_ap": val_ap, "val_loss": float(val_loss)}
         history.append(row)
         if on_epoch:
             on_epoch(row)
-        if stopper.update(epoch, val_ap, val_loss, head):
+        if stopper.update(epoch, val_ap, float(val_loss), module):
             break
-    stopper.restore(head)
-    report = TrainReport(
-        val_ap=history[stopper.best_epoch - 1]["val_ap"],
-        best_epoch=stopper.best_epoch,
-        n_train=len(tr),
-        n_val=len(va),
-        ortho_initial=ortho_initial,
-        ortho_final=ortho_on(tr),
-        history=history,
-    )
-    return head, report
+    stopper.restore(module)
+    report = kind.report(module, initial, kind.monitor(module, x[tr]),
+                         val_ap=history[stopper.best_epoch - 1]["val_ap"], best_epoch=stopper.best_epoch,
+                         n_train=len(tr), n_val=len(va), history=history)
+    return module, report

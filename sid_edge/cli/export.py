@@ -62,7 +62,7 @@ def add_parser(sub) -> None:
                         "clip-cues layout), 'default' (the packaged photographic vocabulary) or 'none'. With a concept "
                         "model, it only names an unnamed clip-cues checkpoint's concepts (default: %(default)s)")
     e.add_argument("--concept-model", default=None, metavar="HEAD",
-                   help="a concept model (from `train --model concepts`, or a clip-cues cm_*.ckpt) whose concept_logit "
+                   help="a concept model (from `train --head-kind concepts`, or a clip-cues cm_*.ckpt) whose concept_logit "
                         "and concept_contributions join the graph next to --head's score")
     e.add_argument("--prompt-template", default="{}", metavar="TEMPLATE",
                    help="str.format template applied to every prompt (default: '{}', prompts verbatim)")
