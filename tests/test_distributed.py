@@ -238,3 +238,14 @@ def test_distributed_package_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_actors_that_cannot_start_stop_the_run_with_a_clear_error(ray_local, artifact, scan_folder, tmp_path, capsys):
+    # No TensorRT here: every actor's Detector.load refuses --backend tensorrt; the run stops, it does not hang.
+    out = tmp_path / "r.csv"
+    code = main(["scan", str(scan_folder), "--model", str(artifact), "--out", str(out), "--ray", "--no-progress",
+                 "--backend", "tensorrt"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Ray stopped the run (sid_edge.runtime.backends.BackendUnavailable: backend 'tensorrt'" in err, err
+    assert "--resume" in err
+    assert not out.exists()

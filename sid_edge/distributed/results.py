@@ -109,9 +109,15 @@ class PartWriter:
         self.files = 0
         self._buffer: list[pa.Table] = []
         self._buffered = 0
+        #: perf_counter() when the first scored batch arrived (start-up time in the summary)
+        self.first_at: float | None = None
 
     def add(self, table: pa.Table) -> int:
         """Add rows; returns how many were kept."""
+        if self.first_at is None:
+            import time
+
+            self.first_at = time.perf_counter()
         keep = []
         for i, key in enumerate(table.column("path").to_pylist()):
             if key in self.expected and key not in self.written:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -43,7 +44,9 @@ class RayScanSummary:
     ``resumed``: rows already done by an earlier run; ``seconds``: wall time of this run (planning to the last
     row written); ``rows_this_run``: rows written by this run; ``retried_rows``: rows Ray scored more than once
     (re-executed after a failure; the extra copies were dropped); ``actors_started`` vs ``actors``: more starts than
-    the pool size means Ray restarted actors; ``backends``: each started actor's backend description.
+    the pool size means Ray restarted actors; ``backends``: each started actor's backend description;
+    ``first_row_s``: seconds from the start to the first scored batch (planning, Ray workers and actors starting,
+    artifact loading).
     """
 
     files: int
@@ -59,6 +62,7 @@ class RayScanSummary:
     backends: list[str] = field(default_factory=list)
     threshold: float = 0.5
     parts: Path | None = None
+    first_row_s: float = float("nan")
 
     @property
     def images_per_second(self) -> float:
@@ -88,6 +92,15 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> bool:
         where = "a local Ray instance" if address in (None, "local") else f"the Ray cluster at {address}"
         raise ClusterError(f"cannot start or join {where}: {type(e).__name__}: {e}") from None
     return True
+
+
+def _ray_reason(e: BaseException) -> str:
+    """The root cause inside a Ray error: the last ``module.Error: message`` line of its text (Ray appends the
+    remote traceback), without terminal colours; else the first line."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    causes = [ln for ln in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Unavailable|Interrupt)\b.*?: ", ln)]
+    return (causes[-1] if causes else f"{type(e).__name__}: {lines[0] if lines else ''}")[:800]
 
 
 def _preflight(model_dir, precision: str | None) -> tuple[dict, str, str]:
@@ -172,6 +185,13 @@ def ray_scan(
                                top_concepts=top_concepts, max_pixels=max_pixels, actors=actors,
                                batch_size=batch_size, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
                                progress=progress, ledger_name=ledger_name or f"sid-edge-ledger-{uuid.uuid4().hex}")
+        except ClusterError:
+            raise
+        except Exception as e:  # Ray gave up (retries exhausted, actors failing to start): keep what is done
+            writer.flush()
+            raise IncompleteScan(f"Ray stopped the run ({_ray_reason(e)}); {len(writer.written)} of "
+                                 f"{len(writer.expected)} rows are saved in {outputs.parts}; fix the cause and rerun "
+                                 f"with --resume") from e
         finally:
             writer.flush()
             if started:
@@ -182,6 +202,7 @@ def ray_scan(
     if missing:
         raise IncompleteScan(f"{missing} of {len(writer.expected)} inputs got no row (Ray gave up on them); "
                              f"{len(writer.written)} rows are saved in {outputs.parts}; rerun with --resume")
+    first_row_s = float("nan") if writer.first_at is None else writer.first_at - start
     counts = finish(outputs, plan.keys, concepts)
     if counts.missing:  # cannot happen after the check above unless partitions were removed meanwhile
         raise IncompleteScan(f"{counts.missing} inputs have no row in {outputs.parts}; rerun with --resume")
@@ -190,7 +211,7 @@ def ray_scan(
         seconds=time.perf_counter() - start, resumed=resumed, rows_this_run=len(writer.written),
         retried_rows=max(0, ledger_info["rows_scored"] - len(writer.written)), actors=actors if pending.units else 0,
         actors_started=len(ledger_info["actors"]), backends=sorted({a["backend"] for a in ledger_info["actors"]}),
-        threshold=thr, parts=outputs.parts,
+        threshold=thr, parts=outputs.parts, first_row_s=first_row_s,
     )
 
 
