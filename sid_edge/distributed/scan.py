@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from sid_edge.artifact.manifest import model_entry, read_manifest, verify_files
+from sid_edge.artifact.manifest import Manifest, model_entry, read_manifest, verify_files
 from sid_edge.distributed.inputs import InputPlan, group_units, plan_inputs
 from sid_edge.distributed.results import OutputPaths, PartWriter, finish, prepare
-from sid_edge.runtime.concept_ranking import DEFAULT_TOP_CONCEPTS, concept_names
+from sid_edge.runtime.concept_ranking import DEFAULT_TOP_CONCEPTS
 from sid_edge.runtime.detector import default_precision
 from sid_edge.runtime.images import DEFAULT_MAX_PIXELS
 
@@ -103,13 +103,13 @@ def _ray_reason(e: BaseException) -> str:
     return (causes[-1] if causes else f"{type(e).__name__}: {lines[0] if lines else ''}")[:800]
 
 
-def _preflight(model_dir, precision: str | None) -> tuple[dict, str, str]:
+def _preflight(model_dir, precision: str | None) -> tuple[Manifest, str, str]:
     """Manifest checks on the driver before any Ray work: (manifest, precision, sha256 of the model file)."""
     manifest = read_manifest(model_dir)
     precision = precision or default_precision(manifest)
     entry = model_entry(manifest, precision)
     verify_files(model_dir, entry)
-    return manifest, precision, entry["sha256"]
+    return manifest, precision, entry.sha256
 
 
 def ray_scan(
@@ -165,8 +165,8 @@ def ray_scan(
         raise ValueError("batch_size, actors and part_rows must be >= 1, cpus_per_actor > 0")
     start = time.perf_counter()
     manifest, precision, model_sha = _preflight(model_dir, precision)
-    thr = float(manifest["threshold"] if threshold is None else threshold)
-    concepts = bool(concept_names(manifest)) and top_concepts > 0
+    thr = float(manifest.threshold if threshold is None else threshold)
+    concepts = bool(manifest.concept_names) and top_concepts > 0
     outputs = OutputPaths.for_out(out)
     plan: InputPlan = plan_inputs(paths)
     settings = {"model_sha256": model_sha, "precision": precision, "threshold": thr, "top_concepts": top_concepts,
@@ -215,7 +215,7 @@ def ray_scan(
     )
 
 
-def _run(pending: InputPlan, writer: PartWriter, *, model_dir: str, manifest: dict, precision: str, backend: str,
+def _run(pending: InputPlan, writer: PartWriter, *, model_dir: str, manifest: Manifest, precision: str, backend: str,
          allow_fallback: bool, threshold: float, top_concepts: int, max_pixels: int, actors: int, batch_size: int,
          gpus_per_actor: float | None, cpus_per_actor: float, progress: bool | None, ledger_name: str) -> dict:
     import ray
@@ -250,7 +250,7 @@ def _run(pending: InputPlan, writer: PartWriter, *, model_dir: str, manifest: di
             # inference actors: decoding runs in parallel CPU tasks while the actors infer. A task whose worker
             # dies is retried by Ray (3 times by default).
             decode_units, batch_size=None, batch_format="pyarrow", num_cpus=1, memory=DECODE_TASK_MEMORY,
-            fn_kwargs={"preprocessing": manifest["preprocessing"], "max_pixels": max_pixels,
+            fn_kwargs={"preprocessing": manifest.preprocessing.to_dict(), "max_pixels": max_pixels,
                        "rows_per_batch": batch_size},
         )
         ds = ds.map_batches(
