@@ -52,6 +52,19 @@ def scan_folder(photo_dir, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def many_folder(scan_folder, tmp_path_factory) -> Path:
+    """scan_folder plus 150 more photographs, so that a run lasts long enough to be interrupted mid-way."""
+    root = tmp_path_factory.mktemp("ray-many") / "images"
+    shutil.copytree(scan_folder, root, symlinks=True)
+    photos = sorted(p for p in scan_folder.rglob("*") if p.suffix in (".jpg", ".png") and not p.is_symlink()
+                    and p.stat().st_size > 1000)
+    (root / "more").mkdir()
+    for i in range(150):
+        shutil.copy(photos[i % len(photos)], root / "more" / f"{i:03d}{photos[i % len(photos)].suffix}")
+    return root
+
+
 def local_rows(paths, artifact, out: Path, *extra) -> list[dict]:
     assert main(["scan", *map(str, paths), "--model", str(artifact), "--out", str(out), "--no-progress", *extra]) == 0
     return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
@@ -152,14 +165,9 @@ def _ledger(name: str, timeout: float = 120.0):
     raise AssertionError(f"ledger {name} never appeared")
 
 
-def test_killing_an_actor_mid_run_loses_and_duplicates_nothing(ray_local, artifact, scan_folder, tmp_path):
-    # 60 inputs in batches of 2: the actor is killed (SIGKILL, a real process death) after its first batches.
-    many = tmp_path / "many"
-    many.mkdir()
-    photos = sorted(p for p in scan_folder.rglob("*") if p.suffix in (".jpg", ".png") and not p.is_symlink()
-                    and p.stat().st_size > 1000)
-    for i in range(60):
-        shutil.copy(photos[i % len(photos)], many / f"{i:03d}{photos[i % len(photos)].suffix}")
+def test_killing_an_actor_mid_run_loses_and_duplicates_nothing(ray_local, artifact, many_folder, tmp_path):
+    # 164 inputs in batches of 2: the actor is killed (SIGKILL, a real process death) after its first batches.
+    many = many_folder
     out = tmp_path / "ray.jsonl"
     result: dict = {}
     name = "sid-edge-ledger-kill-test"
@@ -182,12 +190,12 @@ def test_killing_an_actor_mid_run_loses_and_duplicates_nothing(ray_local, artifa
     rows = read_jsonl(out)
     ref = local_rows([many], artifact, tmp_path / "local.jsonl")
     assert_same_rows(rows, ref)  # every input exactly once, same values
-    assert len({r["path"] for r in rows}) == len(rows) == 60
+    assert len({r["path"] for r in rows}) == len(rows) == len(ref) > 150
 
 
-def test_resume_after_an_interrupted_run(ray_local, artifact, scan_folder, tmp_path):
+def test_resume_after_an_interrupted_run(ray_local, artifact, many_folder, tmp_path):
     out = tmp_path / "ray.jsonl"
-    cmd = [sys.executable, "-m", "sid_edge", "scan", str(scan_folder), "--model", str(artifact), "--out", str(out),
+    cmd = [sys.executable, "-m", "sid_edge", "scan", str(many_folder), "--model", str(artifact), "--out", str(out),
            f"--ray={ray_local}", "--batch-size", "1", "--part-rows", "1", "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     parts = tmp_path / "ray.parquet"
@@ -200,17 +208,17 @@ def test_resume_after_an_interrupted_run(ray_local, artifact, scan_folder, tmp_p
     assert not out.exists()
     done = len(list(parts.glob("part-*.parquet")))
     with pytest.raises(ResultsError, match="--resume"):
-        ray_scan([scan_folder], artifact, out=out, progress=False)
-    s = ray_scan([scan_folder], artifact, out=out, batch_size=3, resume=True, progress=False)
-    ref = local_rows([scan_folder], artifact, tmp_path / "local.jsonl")
+        ray_scan([many_folder], artifact, out=out, progress=False)
+    s = ray_scan([many_folder], artifact, out=out, batch_size=3, resume=True, progress=False)
+    ref = local_rows([many_folder], artifact, tmp_path / "local.jsonl")
     assert s.resumed >= done >= 2 and s.resumed + s.rows_this_run == len(ref)
     assert_same_rows(read_jsonl(out), ref)
     # resuming a finished run scores nothing and rewrites the same table
-    s2 = ray_scan([scan_folder], artifact, out=out, resume=True, progress=False)
+    s2 = ray_scan([many_folder], artifact, out=out, resume=True, progress=False)
     assert (s2.rows_this_run, s2.resumed) == (0, len(ref))
     # other settings are refused rather than mixed
     with pytest.raises(ResultsError, match="threshold"):
-        ray_scan([scan_folder], artifact, out=out, resume=True, threshold=0.9, progress=False)
+        ray_scan([many_folder], artifact, out=out, resume=True, threshold=0.9, progress=False)
 
 
 @pytest.mark.parametrize("argv, code, words", [
@@ -221,13 +229,17 @@ def test_resume_after_an_interrupted_run(ray_local, artifact, scan_folder, tmp_p
     (["--ray", "--out", "{tmp}/r.csv", "--model", "{tmp}/nope"], 3, "nope"),
     (["--ray", "--out", "{tmp}/r.csv", "@{tmp}/missing-list.txt"], 2, "no such list file"),
     (["--ray", "--out", "{tmp}/r.csv", "{tmp}/bad.parquet"], 2, "cannot read it as parquet"),
+    (["--ray", "--out", "{tmp}/r.csv", "@{tmp}/no-newlines.txt"], 2, "no-newlines.txt:1: line longer than 8192"),
+    (["--ray", "--out", "{tmp}/r.csv", "nope://bucket/x"], 2, "nope://bucket/x: cannot open this URI"),
     (["--ray", "--out", "{tmp}/r.csv", "{tmp}/nothing-here"], 2, "no such file or folder"),
 ])
 def test_cli_errors_name_the_problem(artifact, scan_folder, tmp_path, capsys, argv, code, words):
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 garbage")
+    (tmp_path / "no-newlines.txt").write_text("a" * 100_000)
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     model = [] if "--model" in argv else ["--model", str(artifact)]
-    paths = [] if any(a.startswith(("@", str(tmp_path) + "/bad", str(tmp_path) + "/nothing")) for a in argv) else [str(scan_folder)]
+    paths = [] if any(a.startswith(("@", "nope:", str(tmp_path) + "/bad", str(tmp_path) + "/nothing")) for a in argv) \
+        else [str(scan_folder)]
     assert main(["scan", *paths, *model, *argv]) == code
     assert words in capsys.readouterr().err
 

@@ -158,9 +158,9 @@ class _Planner:
         self.keys.append(source)
 
     def add_parquet(self, source: str, opener) -> None:
-        if ("parquet", source) in self.seen:
+        if f"parquet:{source}" in self.seen:
             return
-        self.seen.add(("parquet", source))  # type: ignore[arg-type]
+        self.seen.add(f"parquet:{source}")
         self.parquet_files += 1
         for u in _parquet_units(source, opener):
             self.units.append(u)
@@ -172,7 +172,8 @@ class _Planner:
         if p.is_dir():
             try:
                 images = discover_images([p])
-                parquet = sorted(q for q in p.rglob("*.parquet") if q.is_file())
+                parquet = sorted(Path(root, name) for root, _dirs, files in os.walk(p, followlinks=False)
+                                 for name in files if name.lower().endswith(".parquet"))
             except OSError as e:
                 raise InputError(f"{arg}: cannot list this folder ({e.strerror or e})") from None
             for f in images:
@@ -219,7 +220,9 @@ class _Planner:
     def add_list(self, list_file: str) -> None:
         try:
             with open(list_file, encoding="utf-8") as f:
-                for number, line in enumerate(f, start=1):
+                number = 0
+                while line := f.readline(MAX_LIST_LINE + 1):  # bounded: a file without newlines cannot fill memory
+                    number += 1
                     if len(line) > MAX_LIST_LINE:
                         raise InputError(f"{list_file}:{number}: line longer than {MAX_LIST_LINE} characters; "
                                          f"@FILE must list one path or URI per line")

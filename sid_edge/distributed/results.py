@@ -186,4 +186,7 @@ def finish(paths: OutputPaths, keys: list[str], concepts: bool) -> Counts:
                 for row in batch.to_pylist():
                     pred = _prediction(row)
                     writer.write(pred.source, pred)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(paths.table, 0o666 & ~umask)  # as an ordinary open() would create it (the temporary file was 0600)
     return Counts(table.num_rows, table.num_rows - errors, synthetic, errors, len(keys) - table.num_rows)

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 DEFAULT_PART_ROWS = 4096
 
 
+#: Inputs per read/decode task (at least --batch-size).
+UNITS_PER_TASK = 64
+
 #: Memory (bytes) each read/decode task reserves from Ray's scheduler.
 DECODE_TASK_MEMORY = 512 * 1024 * 1024
 
@@ -242,7 +245,9 @@ def _run(pending: InputPlan, writer: PartWriter, *, model_dir: str, manifest: Ma
 
     ledger = ray.remote(num_cpus=0)(Ledger).options(name=ledger_name).remote()
     try:
-        blocks = [units_table(g) for g in group_units(pending.units, batch_size)]
+        # Read tasks take UNITS_PER_TASK inputs (at least one batch): few enough objects for the driver to put
+        # (10 M inputs -> ~160 k blocks), small enough that every CPU of a cluster gets work.
+        blocks = [units_table(g) for g in group_units(pending.units, max(batch_size, UNITS_PER_TASK))]
         ds = ray.data.from_arrow(blocks)
         ds = ds.map_batches(
             # memory: what one decode task may need (an image at the default pixel limit is ~270 MB as RGB). Its
