@@ -23,6 +23,8 @@ from sid_edge.distributed.results import ResultsError  # noqa: E402
 from sid_edge.distributed.scan import ray_scan  # noqa: E402
 
 TOL = 1e-6
+#: The local scan's default provenance reading (C2PA, IPTC digital source type, generator metadata; no watermark).
+PROV = {"c2pa_trust": None, "check_watermark": False}
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +51,12 @@ def scan_folder(photo_dir, tmp_path_factory) -> Path:
     data = photos[0].read_bytes()
     (root / "truncated.jpg").write_bytes(data[: len(data) // 3] if photos[0].suffix == ".jpg" else data[:200])
     os.symlink(root / "gone.jpg", root / "dangling.jpg")
+    # generator metadata (a Stable Diffusion web UI "parameters" text chunk): a provenance signal in both scans
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Model: sd_xl_base_1.0")
+    Image.open(photos[0]).convert("RGB").save(root / "generated.png", pnginfo=info)
     return root
 
 
@@ -87,13 +95,16 @@ def assert_same_rows(ray_rows: list[dict], ref_rows: list[dict], key=lambda path
         assert [c["name"] for c in a.get("top_concepts", [])] == [c["name"] for c in b.get("top_concepts", [])]
         for ca, cb in zip(a.get("top_concepts", []), b.get("top_concepts", [])):
             assert abs(ca["score"] - cb["score"]) <= TOL
+        assert a.get("provenance") == b.get("provenance"), (a, b)
+        assert set(a) == set(b), (a, b)  # the same fields
 
 
 def test_folder_with_bad_files_gives_the_local_scan_rows(ray_local, artifact, scan_folder, tmp_path):
     ref = local_rows([scan_folder], artifact, tmp_path / "local.jsonl")
     assert sum(1 for r in ref if r["error"]) == 4 and sum(1 for r in ref if not r["error"]) >= 5
+    assert any(r["provenance"] for r in ref)  # the generated.png row carries a signal
     out = tmp_path / "ray.jsonl"
-    s = ray_scan([scan_folder], artifact, out=out, batch_size=3, progress=False)
+    s = ray_scan([scan_folder], artifact, out=out, batch_size=3, progress=False, provenance=PROV)
     rows = read_jsonl(out)
     assert_same_rows(rows, ref)
     assert (s.files, s.errors, s.scored) == (len(ref), 4, len(ref) - 4)
@@ -106,7 +117,7 @@ def test_folder_with_bad_files_gives_the_local_scan_rows(ray_local, artifact, sc
     assert sorted(r["path"] for r in parts) == sorted(r["path"] for r in ref)
     # a CSV from the same run agrees with the local CSV (7 significant digits there)
     csv_out = tmp_path / "ray-csv.csv"
-    ray_scan([scan_folder], artifact, out=csv_out, batch_size=4, progress=False)
+    ray_scan([scan_folder], artifact, out=csv_out, batch_size=4, progress=False, provenance=PROV)
     local_csv = tmp_path / "local.csv"
     assert main(["scan", str(scan_folder), "--model", str(artifact), "--out", str(local_csv), "--no-progress"]) == 0
     a, b = csv_out.read_text().splitlines(), local_csv.read_text().splitlines()
@@ -123,7 +134,7 @@ def test_list_file_uris_and_missing_entries(ray_local, artifact, scan_folder, ph
     listing.write_text("# inputs\n" + f"{photos[0]}\n\n{tmp_path / 'missing.jpg'}\n{uri_dir}\n{photos[0]}\n",
                        encoding="utf-8")
     out = tmp_path / "ray.jsonl"
-    s = ray_scan([f"@{listing}"], artifact, out=out, batch_size=2, progress=False)
+    s = ray_scan([f"@{listing}"], artifact, out=out, batch_size=2, progress=False, provenance=PROV)
     rows = read_jsonl(out)
     sub = sorted(p for p in (scan_folder / "sub").iterdir())
     assert [r["path"] for r in rows] == [str(photos[0]), str(tmp_path / "missing.jpg")] + ["file://" + str(p) for p in sub]
@@ -143,7 +154,7 @@ def test_parquet_dataset_rows_match_the_detector_on_its_images(ray_local, artifa
     items = read_labelled_images(synthclic_dir, split="test") + read_labelled_images(synthclic_dir, split="validation")[:10]
     files = sorted({str(it.key).rsplit("#", 1)[0] for it in items})
     out = tmp_path / "ray.jsonl"
-    s = ray_scan([synthclic_dir], artifact, out=out, batch_size=5, progress=False)
+    s = ray_scan([synthclic_dir], artifact, out=out, batch_size=5, progress=False, provenance=PROV)
     rows = {r["path"]: r for r in read_jsonl(out)}
     every = read_labelled_images(synthclic_dir)
     assert s.files == len(rows) == len(every) and set(rows) == {it.key for it in every}
@@ -172,7 +183,7 @@ def test_killing_an_actor_mid_run_loses_and_duplicates_nothing(ray_local, artifa
     result: dict = {}
     name = "sid-edge-ledger-kill-test"
     t = threading.Thread(target=lambda: result.update(s=ray_scan([many], artifact, out=out, batch_size=2,
-                                                                 progress=False, ledger_name=name)))
+                                                                 progress=False, ledger_name=name, provenance=PROV)))
     t.start()
     ledger = _ledger(name)
     killed = None
@@ -208,21 +219,22 @@ def test_resume_after_an_interrupted_run(ray_local, artifact, many_folder, tmp_p
     assert not out.exists()
     done = len(list(parts.glob("part-*.parquet")))
     with pytest.raises(ResultsError, match="--resume"):
-        ray_scan([many_folder], artifact, out=out, progress=False)
-    s = ray_scan([many_folder], artifact, out=out, batch_size=3, resume=True, progress=False)
+        ray_scan([many_folder], artifact, out=out, progress=False, provenance=PROV)
+    s = ray_scan([many_folder], artifact, out=out, batch_size=3, resume=True, progress=False, provenance=PROV)
     ref = local_rows([many_folder], artifact, tmp_path / "local.jsonl")
     assert s.resumed >= done >= 2 and s.resumed + s.rows_this_run == len(ref)
     assert_same_rows(read_jsonl(out), ref)
     # resuming a finished run scores nothing and rewrites the same table
-    s2 = ray_scan([many_folder], artifact, out=out, resume=True, progress=False)
+    s2 = ray_scan([many_folder], artifact, out=out, resume=True, progress=False, provenance=PROV)
     assert (s2.rows_this_run, s2.resumed) == (0, len(ref))
     # other settings are refused rather than mixed
     with pytest.raises(ResultsError, match="threshold"):
-        ray_scan([many_folder], artifact, out=out, resume=True, threshold=0.9, progress=False)
+        ray_scan([many_folder], artifact, out=out, resume=True, threshold=0.9, progress=False, provenance=PROV)
 
 
 @pytest.mark.parametrize("argv, code, words", [
     (["--ray", "not-an-address/"], 2, "not a Ray address"),
+    (["--ray", "--out", "{tmp}/r.csv", "--all-files"], 2, "--all-files"),
     (["--ray"], 2, "--out"),
     (["--ray", "--out", "x.txt"], 2, ".csv"),
     (["--ray", "--out", "{tmp}/r.csv", "--actors", "0"], 2, "--actors"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from sid_edge.cli.common import EXIT_FAILURE, EXIT_OK, ModelError, UsageError, console, count
 
@@ -14,7 +15,8 @@ def add_ray_args(s) -> None:
         "many machines (Ray Data; needs the `ray` extra: pip install 'sid-edge[ray]')",
         "With --ray, PATH may also be @FILE (one path or URI per line), a parquet dataset (SynthCLIC layout; a "
         "folder's *.parquet files are read too), or an object-store URI (s3://bucket/prefix/, gs://…, file:///…). "
-        "--out is required: results.csv/.jsonl (plus partitions in results.parquet/) or results.parquet.")
+        "--out is required: results.csv/.jsonl (plus partitions in results.parquet/) or results.parquet. --resume "
+        "skips inputs that have a row in those partitions. Provenance is read as without --ray.")
     g.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="run on Ray: without ADDRESS a local Ray instance; `auto`, `ray://HOST:10001` or HOST:PORT "
                         "joins a cluster (write --ray=ADDRESS, or put PATHs first)")
@@ -24,8 +26,6 @@ def add_ray_args(s) -> None:
                    help="GPUs per actor (default: 1 when the cluster has GPUs, else 0)")
     g.add_argument("--cpus-per-actor", type=float, default=1.0, metavar="C",
                    help="CPUs per actor, also its ONNX Runtime threads (default: %(default)s)")
-    g.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run with the same --out: inputs that have a row are skipped")
     g.add_argument("--part-rows", type=int, default=None, metavar="N",
                    help="rows per parquet partition; an interruption loses at most the unsaved rows (default: 4096)")
 
@@ -57,13 +57,32 @@ def run(args) -> int:
         raise UsageError("--cpus-per-actor must be > 0 and --gpus-per-actor >= 0")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise UsageError(f"--threshold {args.threshold}: must be in [0, 1] (it applies to p_synthetic)")
+    if args.all_files:
+        raise UsageError("--all-files is not supported with --ray (folders give rows to image files only)")
+    provenance = None
+    if not args.no_provenance:
+        from sid_edge.provenance import ProvenanceReader
+
+        if args.c2pa_trust is not None and not Path(args.c2pa_trust).is_file():
+            raise UsageError(f"--c2pa-trust {args.c2pa_trust}: no such file")
+        provenance = {"c2pa_trust": str(Path(args.c2pa_trust).absolute()) if args.c2pa_trust else None,
+                      "check_watermark": bool(args.watermark)}
+        try:  # checked here once, then each decode task builds its own reader
+            reader = ProvenanceReader(**provenance)
+        except ValueError as e:
+            raise UsageError(str(e)) from e
+        for kind, reason in reader.unavailable.items():
+            console.print(f"provenance: {kind} not checked: {reason}", highlight=False, markup=False)
+    elif args.c2pa_trust or args.watermark:
+        raise UsageError("--c2pa-trust and --watermark need provenance; drop --no-provenance")
     try:
         s = ray_scan(args.paths, args.model, out=args.out, address=args.ray, actors=args.actors,
                      batch_size=args.batch_size, precision=args.precision, backend=args.backend,
                      allow_fallback=args.allow_fallback, threshold=args.threshold, top_concepts=args.top_concepts,
                      max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, gpus_per_actor=args.gpus_per_actor,
                      cpus_per_actor=args.cpus_per_actor, resume=args.resume,
-                     part_rows=args.part_rows or DEFAULT_PART_ROWS, progress=False if args.no_progress else None)
+                     part_rows=args.part_rows or DEFAULT_PART_ROWS, progress=False if args.no_progress else None,
+                     provenance=provenance)
     except ManifestError as e:
         raise ModelError(str(e)) from e
     except (InputError, ResultsError, ClusterError) as e:

@@ -161,10 +161,11 @@ def _prediction(row: dict) -> Prediction:
     hits = [ConceptHit(h["name"], h["score"], h.get("contribution")) for h in json.loads(row["top_concepts"])] \
         if row["top_concepts"] else []
     return Prediction(row["path"], row["p_synthetic"], row["logit"], row["prediction"], None,
-                      error=row["error"] or None, concept_logit=row["concept_logit"], top_concepts=hits)
+                      error=row["error"] or None, concept_logit=row["concept_logit"], top_concepts=hits,
+                      provenance=json.loads(row["provenance"]) if row["provenance"] else None)
 
 
-def finish(paths: OutputPaths, keys: list[str], concepts: bool) -> Counts:
+def finish(paths: OutputPaths, keys: list[str], concepts: bool, provenance: bool = False) -> Counts:
     """Read every partition, keep one row per input of ``keys`` (in that order) and write the CSV/JSONL named by
     ``paths.table`` with the local scan's writer (atomically). Returns the counts."""
     files = part_files(paths.parts)
@@ -181,7 +182,7 @@ def finish(paths: OutputPaths, keys: list[str], concepts: bool) -> Counts:
     if paths.table is not None:
         paths.table.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(paths.table, "w", encoding="utf-8") as f:
-            writer = ResultWriter(f, paths.format, concepts=concepts)
+            writer = ResultWriter(f, paths.format, concepts=concepts, provenance=provenance)
             for batch in table.drop_columns(["_order"]).to_batches(max_chunksize=4096):
                 for row in batch.to_pylist():
                     pred = _prediction(row)

@@ -135,6 +135,7 @@ def ray_scan(
     part_rows: int = DEFAULT_PART_ROWS,
     progress: bool | None = None,
     ledger_name: str | None = None,
+    provenance: dict | None = None,
 ) -> RayScanSummary:
     """Score every input of ``paths`` (see :mod:`sid_edge.distributed.inputs`) on Ray Data; one row per input.
 
@@ -153,6 +154,9 @@ def ray_scan(
         part_rows: rows per partition file.
         progress: Ray Data's progress bars (None: Ray's default, bars on a terminal, periodic log lines otherwise).
         ledger_name: name for the ledger actor (default: a fresh one per run).
+        provenance: None for no ``provenance`` field, else :class:`sid_edge.provenance.ProvenanceReader` options
+            (``{"c2pa_trust": None, "check_watermark": False}`` is the local scan's default); read in the decode
+            tasks from the file or its bytes.
 
     Returns a :class:`RayScanSummary`.
 
@@ -173,7 +177,7 @@ def ray_scan(
     outputs = OutputPaths.for_out(out)
     plan: InputPlan = plan_inputs(paths)
     settings = {"model_sha256": model_sha, "precision": precision, "threshold": thr, "top_concepts": top_concepts,
-                "max_pixels": max_pixels}
+                "max_pixels": max_pixels, "provenance": provenance}
     done = prepare(outputs, settings, resume)
     pending = plan.pending(done)
     resumed = len(done & set(plan.keys)) if done else 0
@@ -187,7 +191,8 @@ def ray_scan(
                                precision=precision, backend=backend, allow_fallback=allow_fallback, threshold=thr,
                                top_concepts=top_concepts, max_pixels=max_pixels, actors=actors,
                                batch_size=batch_size, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
-                               progress=progress, ledger_name=ledger_name or f"sid-edge-ledger-{uuid.uuid4().hex}")
+                               progress=progress, ledger_name=ledger_name or f"sid-edge-ledger-{uuid.uuid4().hex}",
+                               provenance=provenance)
         except ClusterError:
             raise
         except Exception as e:  # Ray gave up (retries exhausted, actors failing to start): keep what is done
@@ -206,7 +211,7 @@ def ray_scan(
         raise IncompleteScan(f"{missing} of {len(writer.expected)} inputs got no row (Ray gave up on them); "
                              f"{len(writer.written)} rows are saved in {outputs.parts}; rerun with --resume")
     first_row_s = float("nan") if writer.first_at is None else writer.first_at - start
-    counts = finish(outputs, plan.keys, concepts)
+    counts = finish(outputs, plan.keys, concepts, provenance is not None)
     if counts.missing:  # cannot happen after the check above unless partitions were removed meanwhile
         raise IncompleteScan(f"{counts.missing} inputs have no row in {outputs.parts}; rerun with --resume")
     return RayScanSummary(
@@ -220,7 +225,8 @@ def ray_scan(
 
 def _run(pending: InputPlan, writer: PartWriter, *, model_dir: str, manifest: Manifest, precision: str, backend: str,
          allow_fallback: bool, threshold: float, top_concepts: int, max_pixels: int, actors: int, batch_size: int,
-         gpus_per_actor: float | None, cpus_per_actor: float, progress: bool | None, ledger_name: str) -> dict:
+         gpus_per_actor: float | None, cpus_per_actor: float, progress: bool | None, ledger_name: str,
+         provenance: dict | None) -> dict:
     import ray
     import ray.data
 
@@ -256,7 +262,7 @@ def _run(pending: InputPlan, writer: PartWriter, *, model_dir: str, manifest: Ma
             # dies is retried by Ray (3 times by default).
             decode_units, batch_size=None, batch_format="pyarrow", num_cpus=1, memory=DECODE_TASK_MEMORY,
             fn_kwargs={"preprocessing": manifest.preprocessing.to_dict(), "max_pixels": max_pixels,
-                       "rows_per_batch": batch_size},
+                       "rows_per_batch": batch_size, "provenance": provenance},
         )
         ds = ds.map_batches(
             Scorer, batch_size=batch_size, batch_format="numpy",

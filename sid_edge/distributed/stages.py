@@ -30,7 +30,7 @@ MAX_OBJECT_BYTES = 256 * 1024 * 1024
 
 #: One result row: the local scan's fields, plus ``logit`` and ``concept_logit`` (null when not scored / no concept
 #: model) and ``top_concepts`` as JSON ``[{"name", "score"[, "contribution"]}]`` at full precision (null without a
-#: vocabulary or with --top-concepts 0).
+#: vocabulary or with --top-concepts 0); ``provenance`` the JSON list of provenance signals (null when not read).
 RESULT_SCHEMA = pa.schema([
     ("path", pa.string()),
     ("p_synthetic", pa.float64()),
@@ -39,6 +39,7 @@ RESULT_SCHEMA = pa.schema([
     ("error", pa.string()),
     ("concept_logit", pa.float64()),
     ("top_concepts", pa.string()),
+    ("provenance", pa.string()),
 ])
 
 #: Columns of the unit table handed to :func:`decode_units`.
@@ -121,13 +122,14 @@ def _cell_bytes(value, source: str):
     raise ValueError("the image cell holds neither bytes nor a path")
 
 
-def _decode(index: int, source, key: str, spec: Preprocessing, max_pixels: int) -> Item:
+def _decode(index: int, source, key: str, spec: Preprocessing, max_pixels: int) -> tuple[Item, object]:
     item = _load(index, source, spec, max_pixels)
     item.source = key
-    return item
+    return item, source
 
 
-def _unit_items(unit: dict, spec: Preprocessing, max_pixels: int) -> Iterator[Item]:
+def _unit_items(unit: dict, spec: Preprocessing, max_pixels: int) -> Iterator[tuple[Item, object]]:
+    """(item, what was decoded: the local path or the encoded bytes; None when nothing could be read)."""
     kind, source = unit["kind"], unit["source"]
     if kind == LOCAL_FILE:
         yield _decode(0, source, source, spec, max_pixels)  # the path itself, exactly as the local scan passes it
@@ -135,10 +137,10 @@ def _unit_items(unit: dict, spec: Preprocessing, max_pixels: int) -> Iterator[It
         try:
             data = _read_uri(source)
         except OSError as e:
-            yield Item(0, source, None, str(e) or type(e).__name__)
+            yield Item(0, source, None, str(e) or type(e).__name__), None
             return
         except Exception as e:  # pyarrow raises its own errors for network and permission problems
-            yield Item(0, source, None, f"cannot read: {type(e).__name__}: {e}")
+            yield Item(0, source, None, f"cannot read: {type(e).__name__}: {e}"), None
             return
         yield _decode(0, data, source, spec, max_pixels)
     elif kind == PARQUET_ROWS:
@@ -150,23 +152,45 @@ def _unit_items(unit: dict, spec: Preprocessing, max_pixels: int) -> Iterator[It
                 column = pq.ParquetFile(f).read_row_group(unit["row_group"], columns=["image"]).column(0)
         except Exception as e:  # a damaged row group: every row it holds gets the reason, none is lost
             for key in keys:
-                yield Item(0, key, None, f"cannot read the parquet row group: {type(e).__name__}: {e}")
+                yield Item(0, key, None, f"cannot read the parquet row group: {type(e).__name__}: {e}"), None
             return
         for r, key in zip(unit["rows"], keys):
             if r >= len(column):
-                yield Item(0, key, None, "row missing from the parquet row group (file changed since listing?)")
+                yield Item(0, key, None, "row missing from the parquet row group (file changed since listing?)"), None
                 continue
             try:
                 encoded = _cell_bytes(column[r].as_py(), source)
             except (ValueError, OSError) as e:
-                yield Item(0, key, None, str(e))
+                yield Item(0, key, None, str(e)), None
                 continue
             yield _decode(0, encoded, key, spec, max_pixels)
     else:
         raise ValueError(f"unknown unit kind {kind}")
 
 
-def _batch_dict(items: list[Item], size: int) -> dict[str, np.ndarray]:
+_readers: dict[str, object] = {}
+
+
+def _provenance_reader(options: dict):
+    """One :class:`sid_edge.provenance.reader.ProvenanceReader` per worker process and option set."""
+    key = json.dumps(options, sort_keys=True)
+    if key not in _readers:
+        from sid_edge.provenance import ProvenanceReader
+
+        _readers[key] = ProvenanceReader(**options)
+    return _readers[key]
+
+
+def _provenance_json(reader, original) -> str:
+    if reader is None:
+        return ""
+    try:
+        return json.dumps(reader(original) if original is not None else [])
+    except Exception:  # noqa: BLE001 - as Detector._provenance: a reader must not cost a row
+        return "[]"
+
+
+def _batch_dict(items: list[Item], size: int, provenance: list[str]) -> dict[str, np.ndarray]:
     pixels = np.zeros((len(items), 3, size, size), dtype=np.float32)  # zeros stand in for rows with an error
     for i, it in enumerate(items):
         if it.pixels is not None:
@@ -174,27 +198,36 @@ def _batch_dict(items: list[Item], size: int) -> dict[str, np.ndarray]:
     return {
         "path": np.array([str(it.source) for it in items], dtype=object),
         "error": np.array([it.error or "" for it in items], dtype=object),
+        "provenance": np.array(provenance, dtype=object),
         "pixels": pixels,
     }
 
 
-def decode_units(units: pa.Table, *, preprocessing: dict, max_pixels: int, rows_per_batch: int) -> Iterator[dict]:
+def decode_units(units: pa.Table, *, preprocessing: dict, max_pixels: int, rows_per_batch: int,
+                 provenance: dict | None = None) -> Iterator[dict]:
     """Ray Data ``map_batches`` function (task): a table of units (:data:`UNIT_SCHEMA`) -> batches of at most
-    ``rows_per_batch`` rows ``{"path": str [n], "error": str [n] ("" when decoded), "pixels": float32 [n,3,S,S]}``.
+    ``rows_per_batch`` rows ``{"path": str [n], "error": str [n] ("" when decoded), "provenance": str [n] (JSON
+    list of signals; "" when ``provenance`` is None), "pixels": float32 [n,3,S,S]}``.
+
+    ``provenance``: options of :class:`sid_edge.provenance.ProvenanceReader` (``c2pa_trust``, ``check_watermark``);
+    the reader gets the file path or the encoded bytes, as the local scan's reader does.
 
     A generator, so a big parquet row group streams out in small batches (bounded memory). Never raises for one
     bad input: it becomes a row with ``error`` set, with the reason the local scan gives.
     """
     spec = Preprocessing.from_dict(preprocessing)
+    reader = _provenance_reader(provenance) if provenance is not None else None
     items: list[Item] = []
+    signals: list[str] = []
     for unit in units.to_pylist():
-        for item in _unit_items(unit, spec, max_pixels):
+        for item, original in _unit_items(unit, spec, max_pixels):
             items.append(item)
+            signals.append(_provenance_json(reader, original))
             if len(items) == rows_per_batch:
-                yield _batch_dict(items, spec.size)
-                items = []
+                yield _batch_dict(items, spec.size, signals)
+                items, signals = [], []
     if items:
-        yield _batch_dict(items, spec.size)
+        yield _batch_dict(items, spec.size, signals)
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -215,6 +248,7 @@ def prediction_rows(preds: list[Prediction]) -> pa.Table:
         "error": [p.error or "" for p in preds],
         "concept_logit": [p.concept_logit for p in preds],
         "top_concepts": [concepts(p) for p in preds],
+        "provenance": [None if p.provenance is None else json.dumps(p.provenance) for p in preds],
     }, schema=RESULT_SCHEMA)
 
 
@@ -247,6 +281,8 @@ class Scorer:
         items = [Item(i, str(batch["path"][i]), batch["pixels"][i] if not batch["error"][i] else None,
                       str(batch["error"][i]) or None) for i in range(len(batch["path"]))]
         preds = self.detector._score(Batch(items))
+        for pred, signals in zip(preds, batch["provenance"]):
+            pred.provenance = json.loads(signals) if signals else None
         if self.ledger is not None:
             self.ledger.scored.remote(len(preds))
         return prediction_rows(preds)
