@@ -59,10 +59,17 @@ def add_parser(sub) -> None:
                         "valid signatures read 'valid-untrusted')")
     g.add_argument("--watermark", action="store_true",
                    help="also decode Stable Diffusion's invisible DWT-DCT watermark (decodes each image a second time)")
+    from sid_edge.cli.scan_ray import add_ray_args
+
+    add_ray_args(s)
 
 
 
 def run(args) -> int:
+    if args.ray is not None:
+        from sid_edge.cli import scan_ray
+
+        return scan_ray.run(args)
     from sid_edge.runtime.detector import Detector
     from sid_edge.runtime.images import DEFAULT_MAX_PIXELS
     from sid_edge.artifact.manifest import ManifestError
