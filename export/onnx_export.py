@@ -20,6 +20,7 @@ import logging
 import os
 import platform
 import shutil
+import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Sequence
@@ -195,6 +196,7 @@ def export_detector(
         FileNotFoundError: a vocabulary or concept-model file does not exist.
     """
     head, head_cfg = load_head(head_path)
+    _check_finite_head(head, str(head_path))
     if backbone is None:
         model_name = clip_model or head_cfg.backbone.get("model_name") or DEFAULT_CLIP_MODEL
         pretrained = clip_pretrained or head_cfg.backbone.get("pretrained") or DEFAULT_CLIP_PRETRAINED
@@ -202,13 +204,33 @@ def export_detector(
     _check_head_matches(head_cfg, backbone)
     concepts = plan_concepts(backbone, head, head_cfg, vocabulary=vocabulary, concept_model=concept_model,
                              template=prompt_template)
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ValueError(f"{out}: not empty; choose a new --out or pass --overwrite")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    final = Path(out_dir)
+    if final.exists() and (not final.is_dir() or any(final.iterdir())) and not overwrite:
+        raise ValueError(f"{final}: not empty; choose a new --out or pass --overwrite")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # Everything is written into a temporary folder beside the target and renamed at the end: a failed or killed
+    # export leaves no half-written artifact (and no folder that makes the rerun refuse as "not empty").
+    out = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
+    try:
+        typed = _export_into(out, backbone, head, head_cfg, concepts, parity_images, threshold)
+        if final.exists():
+            shutil.rmtree(final) if final.is_dir() else final.unlink()
+        os.replace(out, final)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return typed
 
+
+def _check_finite_head(head: nn.Module, where: str) -> None:
+    bad = [name for name, t in head.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ValueError(f"{where}: the head has non-finite weights (NaN or inf) in {', '.join(bad)}")
+
+
+def _export_into(out: Path, backbone: Backbone, head: nn.Module, head_cfg: HeadConfig, concepts, parity_images,
+                 threshold: float | None):
+    """Write the artifact's files and manifest into ``out`` (a fresh folder). Returns the typed manifest."""
     fused = FusedDetector(backbone, head, concepts.module if concepts else None)
     onnx_path = out / MODEL_FILE
     _export_onnx(fused, onnx_path, backbone.preprocessing.size)
@@ -216,6 +238,9 @@ def export_detector(
 
     onnx.checker.check_model(str(onnx_path))  # path form: works with external data too
     parity = measure_parity(fused, onnx_path, parity_inputs(backbone, parity_images))
+    if not all(np.isfinite(v) for v in parity.values() if isinstance(v, float)):
+        raise ValueError(f"{out.parent}: the exported graph gives non-finite outputs (parity {parity}); refusing to "
+                         f"write an artifact that would score NaN")
 
     entry = {"precision": "fp32", **file_entry(out, MODEL_FILE)}
     data_files = sorted(p.name for p in out.iterdir() if p.name.startswith(MODEL_FILE) and p.name != MODEL_FILE)

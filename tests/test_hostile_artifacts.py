@@ -64,3 +64,70 @@ def test_edited_external_data_is_refused(ext_artifact, tmp_path):
     with pytest.raises(ManifestError, match="sha256 does not match"):
         Detector.load(d)
     assert Detector.load(ext_artifact).run(np.zeros((1, 3, 64, 64), np.float32))["logit"].shape == (1,)
+
+
+# ------------------------------------------------------------------------------------------ hostile heads
+@pytest.fixture
+def head_copy(trained_head, tmp_path):
+    d = tmp_path / "head"
+    shutil.copytree(trained_head, d)
+    return d
+
+
+def _export(head, out, capsys):
+    from sid_edge.cli import main
+
+    capsys.readouterr()
+    rc = main(["export", "--head", str(head), "--out", str(out), "--clip-model", "sid-edge-tiny",
+               "--clip-pretrained", "none", "--vocabulary", "none"])
+    return rc, " ".join(capsys.readouterr().err.split())
+
+
+def test_nan_weights_are_refused_and_leave_no_folder(head_copy, tmp_path, capsys):
+    from safetensors.numpy import load_file, save_file
+
+    state = load_file(str(head_copy / "head.safetensors"))
+    name = sorted(state)[0]
+    state[name] = np.full_like(state[name], np.nan)
+    save_file(state, str(head_copy / "head.safetensors"))
+    rc, err = _export(head_copy, tmp_path / "det", capsys)
+    assert rc == 3 and "non-finite weights" in err and "Traceback" not in err
+    assert not (tmp_path / "det").exists() and not list(tmp_path.glob(".det.partial-*"))
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("feature_dim", "64", "feature_dim must be a positive integer"),
+    ("k", -1, "k must be a positive integer"),
+    ("threshold", float("nan"), "threshold must be a finite number in [0, 1]"),
+    ("training", [1, 2], "training must be a JSON object"),
+])
+def test_head_json_with_a_wrong_type_is_refused(head_copy, tmp_path, capsys, field, value, named):
+    cfg = json.loads((head_copy / "head.json").read_text())
+    cfg[field] = value
+    (head_copy / "head.json").write_text(json.dumps(cfg))
+    rc, err = _export(head_copy, tmp_path / "det", capsys)
+    assert rc == 3 and named in err and "head.json" in err
+
+
+def test_head_json_that_is_a_list_and_garbage_weights_are_refused(head_copy, tmp_path, capsys):
+    (head_copy / "head.safetensors").write_bytes(b"\x00garbage" * 10)
+    rc, err = _export(head_copy, tmp_path / "det", capsys)
+    assert rc == 3 and "head.safetensors: not a readable safetensors file" in err
+    (head_copy / "head.json").write_text("[1, 2, 3]")
+    rc, err = _export(head_copy, tmp_path / "det", capsys)
+    assert rc == 3 and "head.json" in err
+
+
+def test_a_failed_export_leaves_nothing_and_the_rerun_succeeds(trained_head, tiny_backbone, tmp_path, monkeypatch):
+    import sid_edge.export.onnx_export as ox
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("killed mid-export")
+
+    monkeypatch.setattr(ox, "measure_parity", boom)
+    with pytest.raises(RuntimeError):
+        ox.export_detector(trained_head, tmp_path / "det", backbone=tiny_backbone, vocabulary=None)
+    assert not (tmp_path / "det").exists() and not list(tmp_path.glob(".det.partial-*"))
+    monkeypatch.undo()
+    m = ox.export_detector(trained_head, tmp_path / "det", backbone=tiny_backbone, vocabulary=None)
+    assert read_manifest(tmp_path / "det").models["fp32"].sha256 == m.models["fp32"].sha256

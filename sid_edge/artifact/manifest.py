@@ -484,7 +484,7 @@ def write_manifest(directory: str | os.PathLike, manifest: Manifest | dict) -> P
     Raises ManifestError when ``manifest`` does not validate (nothing is written then)."""
     m = manifest if isinstance(manifest, Manifest) else parse_manifest(manifest, Path(directory) / MANIFEST_NAME)
     m = parse_manifest(m.to_dict(), Path(directory) / MANIFEST_NAME)  # re-validate after in-place edits
-    return write_text_atomic(Path(directory) / MANIFEST_NAME, json.dumps(m.to_dict(), indent=2) + "\n")
+    return write_text_atomic(Path(directory) / MANIFEST_NAME, json.dumps(m.to_dict(), indent=2, allow_nan=False) + "\n")
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,11 +140,18 @@ def _load_sid_edge_head(directory: Path) -> tuple[nn.Module, HeadConfig]:
         cfg = HeadConfig(**{k: v for k, v in raw.items() if k in fields})
     except TypeError as e:
         raise ValueError(f"{cfg_path}: {e}") from e
+    _check_config_types(cfg, cfg_path)
     try:
         kind = head_kind(cfg.kind)
     except ValueError as e:
         raise ValueError(f"{cfg_path}: {e}") from e
-    state = load_file(str(weights_path))
+    try:
+        state = load_file(str(weights_path))
+    except Exception as e:  # safetensors raises its own SafetensorError (and OSError) for a damaged file
+        raise ValueError(f"{weights_path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+    bad = [name for name, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{weights_path}: non-finite weights (NaN or inf) in {', '.join(sorted(bad))}")
     try:
         head = kind.from_state(state, cfg.k, cfg.feature_dim, cfg.training if isinstance(cfg.training, dict) else {})
     except ValueError as e:
@@ -152,6 +160,28 @@ def _load_sid_edge_head(directory: Path) -> tuple[nn.Module, HeadConfig]:
     if names and len(names) != head.k:
         raise ValueError(f"{cfg_path}: {len(names)} concept names for {head.k} concept embeddings")
     return head, cfg
+
+
+def _check_config_types(cfg: HeadConfig, where: Path) -> None:
+    """Refuse a head.json field of the wrong type or out of range (ValueError naming the file and field)."""
+    def fail(field: str, expected: str):
+        raise ValueError(f"{where}: {field} must be {expected}, got {getattr(cfg, field)!r}")
+
+    for name in ("k", "feature_dim"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            fail(name, "a positive integer")
+    for name in ("kind", "feature", "source"):
+        if not isinstance(getattr(cfg, name), str):
+            fail(name, "a string")
+    t = cfg.threshold
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or not 0 <= t <= 1:
+        fail("threshold", "a finite number in [0, 1]")
+    for name in ("backbone", "training"):
+        if not isinstance(getattr(cfg, name), dict):
+            fail(name, "a JSON object")
+    if cfg.vocabulary is not None and not isinstance(cfg.vocabulary, dict):
+        fail("vocabulary", "a JSON object or null")
 
 
 def load_clip_cues_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, HeadConfig]:
