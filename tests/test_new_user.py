@@ -84,3 +84,22 @@ def test_calibration_exclusion_does_not_depend_on_how_the_path_is_spelled(precis
     counts = [r.scored[("int8", "s")].excluded_calibration for r in (absolute, relative, moved)]
     assert counts[0] > 0 and len(set(counts)) == 1
     assert len({len(r.scored[("int8", "s")].labels) for r in (absolute, relative, moved)}) == 1
+
+
+def test_split_typo_on_data_without_splits_is_refused(demo_data):
+    from sid_edge.tools.datasets import read_labelled_images
+
+    assert len(read_labelled_images(demo_data, split="validation")) == len(read_labelled_images(demo_data))
+    with pytest.raises(ValueError, match="no split 'tset'.*check the spelling"):
+        read_labelled_images(demo_data, split="tset")
+
+
+def test_threshold_warnings_and_report(precision_artifact, demo_data, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["evaluate", str(precision_artifact), "--threshold-from", str(demo_data), "--target-fpr", "0.001",
+                 "--data", str(demo_data), "--out", str(out), "--no-progress"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "cannot be resolved with" in err and "evaluated on the same images" in err
+    assert main(["evaluate", str(precision_artifact), "--threshold-from", str(demo_data), "--out", str(tmp_path / "t"),
+                 "--no-progress"]) == 0
+    assert "| detector | threshold |" in (tmp_path / "t" / "report.md").read_text()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.markup import escape
+
 from sid_edge.cli.common import (
     BACKEND_CHOICES,
     EXIT_OK,
@@ -138,11 +140,16 @@ def run(args) -> int:
     out = stdout_console()
     if args.threshold_from:
         out.print(_threshold_table(choices.values()))
+        for line in threshold_warnings(choices.values(), args.threshold_from, args.threshold_split,
+                                       [(d.data, args.split) for d in datasets]):
+            console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
         if args.write_threshold:
             for d in detectors:
                 path = ev.write_threshold(d, choices[d.name])
                 console.print(f"threshold {choices[d.name].threshold:.6g} written to {path}", highlight=False)
     if result is None:
+        path = _write_threshold_report(choices.values(), args.out)
+        console.print(f"thresholds written to {path} (+ report.json)", highlight=False)
         return EXIT_OK
     result.threshold_choices = choices if args.threshold_from else {}
     out.print(_matrix_table(result))
@@ -209,3 +216,45 @@ def _metrics_table(result):
                       _fmt3(m.accuracy), _fmt3(m.balanced_accuracy), _fmt3(m.real_accuracy),
                       _fmt3(m.synthetic_accuracy), f"{m.threshold:.4g}")
     return table
+
+
+def threshold_warnings(choices, data: str, split: str, evaluated: list[tuple[str, str]]) -> list[str]:
+    """Warnings about chosen thresholds: a target FPR finer than the real images can resolve (FPR moves in steps
+    of 1/n_real), and a threshold chosen on the very images it is then evaluated on."""
+    from sid_edge.tools.datasets import dataset_location, dataset_splits, read_labelled_images
+
+    lines = []
+    for c in choices:
+        if c.n_real and 0 < c.target_fpr < 1.0 / c.n_real:
+            lines.append(f"{c.detector}: a target FPR of {c.target_fpr:g} cannot be resolved with {c.n_real} real "
+                         f"images (the FPR moves in steps of 1/{c.n_real} = {1 / c.n_real:.3g}); use more real images")
+    try:
+        pooled = not dataset_splits(read_labelled_images(data, split=None))
+    except (OSError, ValueError):
+        pooled = False
+    here = dataset_location(data)
+    for other, other_split in evaluated:
+        if dataset_location(other) == here and (pooled or other_split == split):
+            lines.append(f"the threshold is chosen on {data} and evaluated on the same images"
+                         + (" (the dataset has no splits)" if pooled else f" (split {split})")
+                         + ": the accuracy at that threshold is optimistic; choose it on a validation split")
+    return lines
+
+
+def _write_threshold_report(choices, out_dir: str):
+    import json
+    from pathlib import Path
+
+    from sid_edge.artifact.files import write_text_atomic
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [c.__dict__ | {"tpr": None if c.tpr != c.tpr else c.tpr} for c in choices]
+    write_text_atomic(out / "report.json", json.dumps({"thresholds": rows}, indent=2) + "\n")
+    lines = ["# Thresholds at a target false-positive rate", "",
+             "| detector | threshold | target FPR | FPR reached | TPR | real | synthetic | data |", "|---|---|---|---|---|---|---|---|"]
+    for c in choices:
+        tpr = "–" if c.tpr != c.tpr else f"{c.tpr:.4f}"
+        lines.append(f"| {c.detector} | {c.threshold:.6g} | {c.target_fpr:g} | {c.achieved_fpr:.4f} | {tpr} | {c.n_real} | "
+                     f"{c.n_synthetic} | {c.data} ({c.split or 'all'}) |")
+    return write_text_atomic(out / "report.md", "\n".join(lines) + "\n")

@@ -128,7 +128,7 @@ def read_labelled_images(data: str | os.PathLike, split: str | None = None) -> l
     elif parquet := sorted(root.rglob("*.parquet")):
         items = _read_parquet_files(root, [(p, _parquet_split(p, root)) for p in parquet], split)
     elif _has_label_folders(root):
-        items = _read_label_folders(root, source=None)
+        items = _select_split(root, _read_label_folders(root, source=None), split)
     else:
         generators = [sub for sub in sorted(root.iterdir()) if sub.is_dir() and _has_label_folders(sub)]
         if not generators:
@@ -137,7 +137,8 @@ def read_labelled_images(data: str | os.PathLike, split: str | None = None) -> l
                 f"(optionally one level down per generator), parquet files, a save_to_disk folder, or a CSV "
                 f"manifest path,label[,source]"
             )
-        items = [item for sub in generators for item in _read_label_folders(sub, source=sub.name)]
+        items = _select_split(root, [item for sub in generators for item in _read_label_folders(sub, source=sub.name)],
+                              split)
     if not items:
         raise ValueError(f"{root}: no images found" + (f" in split {split!r}" if split else ""))
     return items
@@ -155,8 +156,15 @@ def dataset_splits(items: list[LabelledImage]) -> list[str]:
     return list(dict.fromkeys(it.split for it in items if it.split is not None))
 
 
+#: Split names a dataset without splits answers to (used whole); any other name there is a typo, refused.
+KNOWN_SPLITS = ("train", "validation", "valid", "val", "test")
+
+
 def _select_split(where, items: list[LabelledImage], split: str | None) -> list[LabelledImage]:
     splits = dataset_splits(items)
+    if split is not None and not splits and split not in KNOWN_SPLITS:
+        raise ValueError(f"{where}: no split {split!r}: this dataset has no splits (it is used whole for "
+                         f"{', '.join(KNOWN_SPLITS)}); check the spelling")
     if split is None or not splits:
         return items
     if split not in splits:
