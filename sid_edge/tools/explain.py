@@ -50,6 +50,11 @@ class DirectionExplanation:
     opposed: list[tuple[str, float]]
     chart: str
 
+    @property
+    def name(self) -> str:
+        """A readable name: the number and the concept most aligned with it (towards synthetic)."""
+        return f"{self.index}: {self.aligned[0][0]}" if self.aligned else str(self.index)
+
 
 @dataclass
 class ImageExplanation:
@@ -162,8 +167,9 @@ def _bar_panel(ax, up: list[tuple[str, float]], down: list[tuple[str, float]], x
 def _direction_chart(path: Path, d: DirectionExplanation) -> None:
     fig = _figure(7.5, 0.28 * (len(d.aligned) + len(d.opposed)) + 1.6)
     ax = fig.add_subplot(1, 1, 1)
-    _bar_panel(ax, d.aligned, d.opposed, "cosine with the concept direction (red: towards synthetic, blue: towards real)",
-               f"Direction {d.index}: logit weight {d.to_logit:+.3g}, text-visible share {d.text_visible_share:.0%}")
+    _bar_panel(ax, d.aligned, d.opposed, "how closely the concept matches this direction (red: towards synthetic, "
+               "blue: towards real)",
+               f"Direction {d.name}: logit weight {d.to_logit:+.3g}, text-visible share {d.text_visible_share:.0%}")
     fig.tight_layout()
     fig.savefig(path)
 
@@ -187,21 +193,42 @@ def _gram_chart(path: Path, pooled: np.ndarray, joint: np.ndarray) -> None:
     fig.savefig(path)
 
 
-def _image_chart(path: Path, img: ImageExplanation, value_label: str) -> None:
+def _thumbnail(source: str, side: int = 160):
+    """The image as a small RGB array for the chart (None when it cannot be read again)."""
+    from sid_edge.runtime.images import ImageDecodeError, decode_image
+
+    try:
+        im = decode_image(source)
+    except (ImageDecodeError, TypeError):
+        return None
+    im.thumbnail((side, side))
+    return np.asarray(im)
+
+
+def _image_chart(path: Path, img: ImageExplanation, value_label: str, direction_names: list[str] | None = None) -> None:
     has_terms = bool(img.direction_terms)
     n = max(len(img.up) + len(img.down), len(img.direction_terms), 3)
-    fig = _figure(11.0 if has_terms else 7.5, 0.28 * n + 1.8)
+    panels = 3 if has_terms else 2
+    fig = _figure(13.5 if has_terms else 10.0, max(0.28 * n + 1.8, 2.6))
+    grid = fig.add_gridspec(1, panels, width_ratios=[1.0, 2.0, 2.2][-panels:] if panels == 2 else [1.0, 2.0, 2.2])
     name = Path(str(img.source)).name
+    thumb = _thumbnail(img.source)
+    ax = fig.add_subplot(grid[0, 0])
+    ax.axis("off")
+    if thumb is not None:
+        ax.imshow(thumb)
+    ax.set_title(name, fontsize=8)
     if has_terms:
-        ax = fig.add_subplot(1, 2, 1)
+        ax = fig.add_subplot(grid[0, 1])
         terms = img.direction_terms
+        labels = direction_names or [str(j + 1) for j in range(len(terms))]
         ax.barh(range(len(terms)), terms, color=["#c0392b" if t > 0 else "#2471a3" for t in terms])
-        ax.set_yticks(range(len(terms)), [f"direction {j + 1}" for j in range(len(terms))], fontsize=8)
+        ax.set_yticks(range(len(terms)), [f"direction {label}" for label in labels], fontsize=8)
         ax.invert_yaxis()
         ax.axvline(0, color="black", linewidth=0.8)
-        ax.set_xlabel("logit term v_j · a_j", fontsize=9)
-        ax.set_title("logit split over head directions", fontsize=10)
-    ax = fig.add_subplot(1, 2, 2) if has_terms else fig.add_subplot(1, 1, 1)
+        ax.set_xlabel("push on the score (right: towards synthetic)", fontsize=9)
+        ax.set_title("what each head direction contributed", fontsize=10)
+    ax = fig.add_subplot(grid[0, panels - 1])
     title = f"{name}: p_synthetic {img.p_synthetic:.3f} ({img.prediction})"
     if img.concept_logit is not None and has_terms:  # the contributions explain the concept model, not the head
         title = f"{name}: concept model p {1 / (1 + np.exp(-img.concept_logit)):.3f}"
@@ -294,9 +321,9 @@ def explain(
     for i, img in enumerate(explained, start=1):
         if img.error is None:
             img.chart = _safe_stem(img.source, i) + ".png"
-            label = ("contribution to concept_logit" if img.method == "concept_contributions"
-                     else "concept score × alignment with the head")
-            _image_chart(out / img.chart, img, label)
+            label = ("push on the concept model score (→ synthetic)" if img.method == "concept_contributions"
+                     else "concept in the image × its pull on the head (→ synthetic)")
+            _image_chart(out / img.chart, img, label, [d.name for d in directions])
             charts.append(img.chart)
 
     report = ExplainReport(out, out / REPORT_NAME, out / JSON_NAME, charts, directions,
@@ -351,6 +378,17 @@ def _markdown(model_dir, manifest: dict, report: ExplainReport, cm_weights) -> s
         lines.append(f"* concept model: {_md(cm['source'])}" + (" — it is the head: p_synthetic = sigmoid(concept_logit)"
                                                                 if cm.get("is_head") else ""))
     lines += [
+        "",
+        "## How to read this",
+        "",
+        "* **p_synthetic** is the detector's estimate that an image was generated; at or above the threshold the "
+        "verdict is *synthetic*. It comes from the pixels alone.",
+        "* The **concepts** below are words the detector's directions resemble (for example *lens flare* or *studio "
+        "lighting*). They describe what the detector is sensitive to, in human terms; they are an aid to judgement, "
+        "not proof: a concept can be named for an image that does not show it.",
+        "* In each image chart, red bars pushed the score **towards synthetic**, blue bars **towards real**; longer "
+        "bars pushed harder. The thumbnail is the image that was scored.",
+        "* Directions are named by the concept closest to them (`3: bokeh` is direction 3, nearest to *bokeh*).",
         "",
         "Concept scores are cosines between the image embedding and a unit direction per antonym pair, "
         "normalize(text(positive) − text(negative)): positive means the image is nearer the positive prompt.",
