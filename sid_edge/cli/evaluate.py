@@ -210,7 +210,7 @@ def _metrics_table(result):
     from rich.table import Table
 
     table = Table("detector", "dataset", "n", "real", "synth.", "mAP", "AP", "acc.", "bal. acc.", "real acc.",
-                  "synth. acc.", "threshold", title=f"Metrics (split {result.split}) at each detector's threshold")
+                  "synth. acc.", "threshold", title=f"Metrics ({_split_text(result)}) at each detector's threshold")
     for (det, ds), m in result.metrics.items():
         table.add_row(det, ds, str(m.n), str(m.n_real), str(m.n_synthetic), _fmt3(m.map), _fmt3(m.ap),
                       _fmt3(m.accuracy), _fmt3(m.balanced_accuracy), _fmt3(m.real_accuracy),
@@ -258,3 +258,11 @@ def _write_threshold_report(choices, out_dir: str):
         lines.append(f"| {c.detector} | {c.threshold:.6g} | {c.target_fpr:g} | {c.achieved_fpr:.4f} | {tpr} | {c.n_real} | "
                      f"{c.n_synthetic} | {c.data} ({c.split or 'all'}) |")
     return write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
+
+
+def _split_text(result) -> str:
+    """"split test", or "whole datasets (no splits)" when no dataset had the split asked for."""
+    splits = {s.split for s in result.scored.values()}
+    if splits == {None}:
+        return "whole datasets: they have no splits"
+    return f"split {result.split}" + (" (datasets without splits used whole)" if None in splits else "")

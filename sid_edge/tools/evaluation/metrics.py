@@ -225,9 +225,12 @@ def _pyplot():
     return plt
 
 
-def plot_pr_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str, path: str | os.PathLike) -> Path:
+def plot_pr_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str, path: str | os.PathLike,
+                   thresholds: Mapping[str, float] | None = None) -> Path:
     """Precision-recall curves (sklearn ``precision_recall_curve``), one per name -> (labels [N], scores [N]),
-    with its AP in the legend; curves without both classes are left out. Writes a PNG and returns its path."""
+    with its AP in the legend; curves without both classes are left out. ``thresholds`` (name -> threshold on
+    p_synthetic) marks each curve's operating point (precision and recall at that threshold). Writes a PNG and
+    returns its path."""
     from sklearn.metrics import precision_recall_curve
 
     plt = _pyplot()
@@ -237,8 +240,17 @@ def plot_pr_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: s
         if len(np.unique(y)) < 2:
             continue
         precision, recall, _ = precision_recall_curve(y, s)
-        ax.step(recall, precision, where="post", label=f"{name} (AP {average_precision(y, s):.3f})")
-    ax.set(xlabel="recall (synthetic)", ylabel="precision", title=title, xlim=(0, 1), ylim=(0, 1.02))
+        line, = ax.step(recall, precision, where="post", label=f"{name} (AP {average_precision(y, s):.3f})")
+        t = (thresholds or {}).get(name)
+        if t is not None:
+            flagged = s >= t
+            tp = int((flagged & (y == 1)).sum())
+            op_recall = tp / max(int((y == 1).sum()), 1)
+            op_precision = tp / max(int(flagged.sum()), 1) if flagged.any() else 1.0
+            ax.plot([op_recall], [op_precision], "o", color=line.get_color(), markersize=7, markeredgecolor="black",
+                    label=f"{name} at threshold {t:.3g}")
+    ax.set(xlabel="recall (synthetic)", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    ax.set_title(title, fontsize=10, wrap=True)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)
@@ -265,11 +277,12 @@ def plot_cross_matrix(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[st
                       title: str = "mAP, detector × test dataset") -> Path:
     """Heat map of a detector-by-dataset matrix (values in [0,1]) with values written in the cells. Writes a PNG."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(2.4 + 1.3 * len(cols), 1.6 + 0.6 * len(rows)))
+    fig, ax = plt.subplots(figsize=(max(6.0, 2.4 + 1.3 * len(cols)), 1.8 + 0.6 * len(rows)))
     im = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
     ax.set_yticks(range(len(rows)), rows)
-    ax.set(xlabel="test dataset", ylabel="detector (trained on)", title=title)
+    ax.set(xlabel="test dataset", ylabel="detector (trained on)")
+    ax.set_title(title, fontsize=10, wrap=True)
     for i in range(len(rows)):
         for j in range(len(cols)):
             v = matrix[i, j]

@@ -563,6 +563,19 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
 
 
+HOW_TO_READ = """## How to read this
+
+* **AP** (average precision, 0 to 1) says how well a detector ranks generated images above real ones, whatever
+  threshold is chosen: 1.0 is a perfect ranking; about the share of synthetic images is chance. **mAP** is the mean
+  of the AP per generator, the paper's headline figure: a detector can be good on one generator and poor on another.
+* **Accuracy** is measured at each detector's threshold: the share of images whose verdict (synthetic or real) is right.
+  *Real accuracy* is the share of real photos left alone; 1 − real accuracy is how often a real photo is flagged.
+* The **matrix** compares detectors (rows, by what they were trained on) with test datasets (columns): low cells are
+  generators or sources a detector does not generalise to.
+* Figures from a detector with random weights, or from a handful of images, say nothing about real performance.
+"""
+
+
 def write_report(ev: Evaluation, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write ``report.md``, ``report.json``, ``scores.csv`` and PNG plots into ``out_dir`` (created):
     ``cross_dataset_map.png`` / ``cross_dataset_ap.png`` (heat maps), ``pr_<dataset>.png`` (one curve per
@@ -575,6 +588,8 @@ def write_report(ev: Evaluation, out_dir: str | os.PathLike) -> dict[str, Path]:
     files: dict[str, Path] = {}
     notes = {k: s.notes() for k, s in ev.scored.items()}
     md = markdown_report(ev.metrics, ev.detectors, ev.datasets, notes)
+    title, _, rest = md.partition("\n")
+    md = f"{title}\n\n{HOW_TO_READ}\n{rest}"
     if ev.threshold_choices:
         md += "\n## Thresholds chosen at a target false-positive rate\n\n| detector | threshold | data | target FPR | " \
               "FPR reached | TPR | real | synthetic |\n|---|---|---|---|---|---|---|---|\n"
@@ -600,14 +615,18 @@ def write_report(ev: Evaluation, out_dir: str | os.PathLike) -> dict[str, Path]:
     for ds in ev.datasets:
         curves = {det: (ev.scored[(det, ds)].labels, ev.scored[(det, ds)].p_synthetic) for det in ev.detectors}
         name = f"pr_{_slug(ds)}.png"
-        files[name] = plot_pr_curves(curves, f"{ds}: precision-recall per detector", out / name)
+        files[name] = plot_pr_curves(curves, f"{ds}: precision-recall per detector", out / name,
+                                     thresholds={det: ev.metrics[(det, ds)].threshold for det in ev.detectors})
         for det in ev.detectors:
             s, m = ev.scored[(det, ds)], ev.metrics[(det, ds)]
             curves = {"all": (s.labels, s.p_synthetic)}
-            for gen, mask in generator_groups(s.labels, s.sources, m.pairing).items():
-                curves[gen] = (s.labels[mask], s.p_synthetic[mask])
+            groups = generator_groups(s.labels, s.sources, m.pairing)
+            if len(groups) > 1:  # with one generator its curve is the "all" curve: drawn once
+                for gen, mask in groups.items():
+                    curves[gen] = (s.labels[mask], s.p_synthetic[mask])
             name = f"pr_{_slug(det)}__{_slug(ds)}.png"
-            files[name] = plot_pr_curves(curves, f"{det} on {ds}: per generator ({m.pairing} reals)", out / name)
+            files[name] = plot_pr_curves(curves, f"{det} on {ds}: per generator ({m.pairing} reals)", out / name,
+                                         thresholds={"all": m.threshold})
             name = f"hist_{_slug(det)}__{_slug(ds)}.png"
             files[name] = plot_score_histogram(s.labels, s.p_synthetic, m.threshold, f"{det} on {ds}", out / name)
     return files
