@@ -540,3 +540,44 @@ def test_tensorrt_backend_serialises_concurrent_runs(monkeypatch, plain_artifact
     for x, out in zip(xs, outs):
         np.testing.assert_allclose(out["p_synthetic"], trt_standin.engine_function(x, 4, 32)["p_synthetic"], rtol=1e-6)
     be.close()
+
+
+def test_service_runs_with_torch_unimportable(artifact, images, tmp_path):
+    # The service is part of the torch-free runtime side: block torch and serve a request in that interpreter.
+    img = tmp_path / "a.png"
+    img.write_bytes(images[-1][1])
+    code = f"""
+import sys
+sys.modules['torch'] = None
+from pathlib import Path
+from starlette.testclient import TestClient
+from sid_edge.runtime.detector import Detector
+from sid_edge.service import BatchingDetector
+from sid_edge.service.app import create_app
+import sid_edge.cli.serve, sid_edge.service.server
+core = BatchingDetector(Detector.load({str(artifact)!r}, backend='cpu'), max_wait_ms=1)
+with TestClient(create_app(core)) as c:
+    import time
+    for _ in range(300):
+        if c.get('/readyz').status_code == 200:
+            break
+        time.sleep(0.05)
+    r = c.post('/v1/detect', content=Path({str(img)!r}).read_bytes())
+    print(r.status_code, r.json()['results'][0]['prediction'] in ('real', 'synthetic'),
+          *(m in sys.modules for m in ('open_clip', 'onnx')))
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["200", "True", "False", "False"]
+
+
+def test_serve_without_the_extra_says_what_to_install(artifact):
+    code = f"""
+import sys
+sys.modules['fastapi'] = None
+from sid_edge.cli import main
+print('rc', main(['serve', '--model', {str(artifact)!r}]))
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "rc 2" in r.stdout, r.stderr[-2000:]
+    assert "needs the serve extra (fastapi is missing): pip install 'sid-edge[serve]'" in " ".join(r.stderr.split())
