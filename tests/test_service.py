@@ -65,7 +65,7 @@ def wait_until(predicate, timeout_s: float = 30.0, what: str = "condition") -> N
 
 
 @contextlib.contextmanager
-def running(model_dir, *, settings=None, top_concepts: int = 3, **core_kw):
+def running(model_dir, *, settings=None, top_concepts: int = 3, backend: str = "cpu", **core_kw):
     """An in-process server (uvicorn in a thread) on a free 127.0.0.1 port; yields (base URL, BatchingDetector)."""
     from sid_edge.runtime.detector import Detector
     from sid_edge.service.app import create_app
@@ -74,7 +74,7 @@ def running(model_dir, *, settings=None, top_concepts: int = 3, **core_kw):
 
     import uvicorn
 
-    det = Detector.load(model_dir, backend="cpu")
+    det = Detector.load(model_dir, backend=backend)
     det.top_concepts = top_concepts
     core = BatchingDetector(det, **core_kw)
     app = create_app(core, settings)
@@ -235,9 +235,9 @@ def test_limits_answer_with_their_status_and_the_server_keeps_serving(artifact, 
 
 
 def test_full_queue_is_503_with_retry_after(artifact, images):
-    with running(artifact, max_batch=4, max_wait_ms=3_000, max_queue=4) as (url, core):
+    with running(artifact, max_batch=4, max_wait_ms=10_000, max_queue=4) as (url, core):
         with ThreadPoolExecutor(1) as pool:
-            # 3 images wait for a 4th (up to 3 s) ...
+            # 3 images wait for a 4th (up to 10 s) ...
             first = pool.submit(httpx.post, url + "/v1/detect", timeout=30,
                                 files=[("f", (f"{i}.png", images[-1][1])) for i in range(3)])
             wait_until(lambda: core.queue_depth == 3, 20, "three queued images")
@@ -294,17 +294,19 @@ def test_model_health_ready_and_openapi(artifact):
     from sid_edge.artifact.manifest import read_manifest
 
     m = read_manifest(artifact)
-    with running(artifact, max_batch=5, max_wait_ms=7) as (url, _):
+    with running(artifact, max_batch=5, max_wait_ms=7, backend="auto") as (url, _):
         with httpx.Client(base_url=url, timeout=30) as c:
             model = c.get("/v1/model").json()
             assert c.get("/healthz").json() == {"status": "ok"}
             assert c.get("/readyz").json() == {"ready": True}
             schema = c.get("/openapi.json").json()
-    assert model["serving"]["precision"] == "fp32" and model["serving"]["backend"] == "onnxruntime-cpu"
+    assert model["serving"]["precision"] == "fp32"
+    assert model["serving"]["backend"] in ("onnxruntime-cpu", "onnxruntime-cuda")  # auto; the artifact has no engine
     assert model["serving"]["max_batch"] == 5 and model["serving"]["max_wait_ms"] == 7
     assert model["manifest"]["models"]["fp32"]["sha256"] == m["models"]["fp32"]["sha256"]
     assert model["manifest"]["backbone"] == m["backbone"]
     assert model["manifest"]["vocabulary"]["count"] == m["vocabulary"]["count"] == 129
+    assert "build one with `sid-edge build DIR" in model["serving"]["backend_choice"]  # auto says why not TensorRT
     assert str(artifact) not in json.dumps(model)  # no filesystem paths
     content = schema["paths"]["/v1/detect"]["post"]["requestBody"]["content"]
     assert set(content) == {"image/*", "application/octet-stream", "multipart/form-data"}
@@ -395,7 +397,8 @@ def test_hostile_strip_is_refused_without_memory_growth(artifact, images):
 
 
 def test_sigterm_drains_queued_requests_then_exits(artifact, images):
-    with serve_process(artifact, "--max-batch", "64", "--max-wait-ms", "3000") as (url, proc):
+    # The batch waits up to 8 s for more images: SIGTERM arrives while 3 images sit in the queue.
+    with serve_process(artifact, "--max-batch", "64", "--max-wait-ms", "8000") as (url, proc):
         def post(i):
             return httpx.post(url + "/v1/detect", content=images[i][1], timeout=60)
 
@@ -581,3 +584,33 @@ print('rc', main(['serve', '--model', {str(artifact)!r}]))
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert "rc 2" in r.stdout, r.stderr[-2000:]
     assert "needs the serve extra (fastapi is missing): pip install 'sid-edge[serve]'" in " ".join(r.stderr.split())
+
+
+def test_backend_failure_is_500_for_that_batch_and_the_next_request_is_served(artifact, images):
+    from starlette.testclient import TestClient
+
+    from sid_edge.runtime.detector import Detector
+    from sid_edge.service.app import create_app
+    from sid_edge.service.core import BatchingDetector
+
+    det = Detector.load(artifact, backend="cpu")
+    core = BatchingDetector(det, max_wait_ms=1)
+    working = det.backend
+
+    class FailingOnce:
+        name = working.name
+
+        def run(self, x):
+            det.backend = working
+            raise RuntimeError("device lost")
+
+    with TestClient(create_app(core)) as c:
+        wait_until(lambda: c.get("/readyz").status_code == 200, 30, "warm-up")
+        det.backend = FailingOnce()
+        r = c.post("/v1/detect", content=images[0][1])
+        assert r.status_code == 500 and r.json()["detail"] == "inference failed (RuntimeError); see the service log"
+        r = c.post("/v1/detect", content=images[0][1])
+        assert r.status_code == 200 and r.json()["results"][0]["p_synthetic"] is not None
+        text = c.get("/metrics").text
+    assert metric(text, "sid_edge_requests_total", 'outcome="error"') == 1
+    assert metric(text, "sid_edge_images_total", 'outcome="failed"') == 1

@@ -37,6 +37,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from sid_edge import __version__
 from sid_edge.artifact.files import sha256_file
@@ -241,6 +242,11 @@ def create_app(core: BatchingDetector, settings: ServiceSettings | None = None) 
             raise unavailable(str(e)) from None
         except NotAccepting as e:
             raise unavailable(str(e)) from None
+        except (StarletteHTTPException, BodyTooLarge, ClientDisconnect):
+            raise
+        except Exception as e:  # noqa: BLE001 - the backend failed on this request's batch
+            log.error("inference failed: %s: %s", type(e).__name__, e)
+            raise HTTPException(500, f"inference failed ({type(e).__name__}); see the service log") from None
         request.state.errors = sum(1 for p in preds if p.error)
         if len(preds) == 1 and preds[0].error:
             raise HTTPException(422, f"image refused: {preds[0].error}")
@@ -250,7 +256,10 @@ def create_app(core: BatchingDetector, settings: ServiceSettings | None = None) 
     @app.get("/v1/model", dependencies=[Depends(authorize)], summary="The served model: manifest summary")
     async def model() -> dict:
         det = core.detector
-        serving = {**identity, "backend_choice": det.backend_choice.describe() if det.backend_choice else None,
+        choice = det.backend_choice.describe() if det.backend_choice else None
+        for path in {str(det.directory), str(Path(det.directory).resolve())}:  # no filesystem paths in answers
+            choice = choice.replace(path, "DIR") if choice else choice
+        serving = {**identity, "backend_choice": choice,
                    "threshold": det.threshold, "top_concepts": det.top_concepts, "max_batch": core.max_batch,
                    "max_wait_ms": core.max_wait_s * 1000, "max_queue": core.max_queue,
                    "limits": asdict(core.limits), "max_body_bytes": settings.max_body_bytes,
