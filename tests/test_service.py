@@ -219,7 +219,7 @@ def test_limits_answer_with_their_status_and_the_server_keeps_serving(artifact, 
             res = r.json()["results"]
             assert res[0]["error"] is None and res[0]["p_synthetic"] is not None
             assert res[1]["error"] and res[1]["p_synthetic"] is None and res[1]["prediction"] is None
-            assert res[2]["error"].startswith("resize work: a 20000x1 image resizes to 1280000x64")
+            assert res[2]["error"].startswith("aspect ratio 20000:1 exceeds 32:1")
             # Still serving, nothing left in flight.
             assert core.in_flight == 0
             r = c.post("/v1/detect", content=images[-2][1])
@@ -293,7 +293,7 @@ def test_bearer_token(artifact, images):
 def test_model_health_ready_and_openapi(artifact):
     from sid_edge.artifact.manifest import read_manifest
 
-    m = read_manifest(artifact)
+    m = read_manifest(artifact).to_dict()
     with running(artifact, max_batch=5, max_wait_ms=7, backend="auto") as (url, _):
         with httpx.Client(base_url=url, timeout=30) as c:
             model = c.get("/v1/model").json()
@@ -388,8 +388,8 @@ def test_hostile_strip_is_refused_without_memory_growth(artifact, images):
             r = httpx.post(url + "/v1/detect", content=strip, headers={"Content-Type": "image/png"}, timeout=30)
             assert r.status_code == 422
             assert r.json()["detail"] == (
-                "image refused: resize work: a 20000x1 image resizes to 1280000x64 = 81920000 pixels for the model's "
-                "64-pixel input, above the limit of 8388608 (aspect ratio too extreme)")
+                "image refused: aspect ratio 20000:1 exceeds 32:1 (resizing its short side to 64 px would need a "
+                "1280000x64 intermediate)")
         grew_mib = (_peak_rss_kib(proc.pid) - before) / 1024
         # Resizing it would allocate 1280000x64 RGB pixels (>= 312 MiB); refusing it costs next to nothing.
         assert grew_mib < 50, f"peak RSS grew by {grew_mib:.0f} MiB"
@@ -486,26 +486,25 @@ def test_batching_core_in_process(artifact, images):
     assert mixed[1].extra["error_category"] == "not_an_image"
 
 
-def test_resize_work_bound():
+def test_resize_work_and_pixel_bounds():
     from sid_edge.artifact.preprocessing import Preprocessing
-    from sid_edge.service.limits import ImageLimits, ImageRefused, prepare_image, resized_size
+    from sid_edge.service.limits import ImageLimits, ImageRefused, prepare_image
 
     spec = Preprocessing(size=64, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    assert resized_size(20000, 1, spec) == (1280000, 64)
-    assert resized_size(1, 20000, spec) == (64, 1280000)
-    assert resized_size(640, 480, spec) == (85, 64)  # int(64 * 640 / 480) = 85, as torchvision
     squash = Preprocessing(size=64, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize_mode="squash")
-    assert resized_size(20000, 1, squash) == (64, 64)
     assert prepare_image(strip_png(), squash).shape == (3, 64, 64)  # squash does no long-side work
     with pytest.raises(ImageRefused) as e:
         prepare_image(strip_png(), spec)
     assert e.value.category == "resize_work"
-    # The bound is on the resized image: 64 x 6400 = 409600 pixels passes 409600 and fails 409599.
-    assert prepare_image(strip_png(100, 1), spec, ImageLimits(max_resize_pixels=409600)).shape == (3, 64, 64)
-    with pytest.raises(ImageRefused, match="above the limit of 409599"):
-        prepare_image(strip_png(100, 1), spec, ImageLimits(max_resize_pixels=409599))
+    assert e.value.reason.startswith("aspect ratio 20000:1 exceeds 32:1")
+    # The runtime's bound (32:1) applies to every kind of input, arrays included.
+    assert prepare_image(strip_png(320, 10), spec).shape == (3, 64, 64)
+    with pytest.raises(ImageRefused, match="aspect ratio 330:10 exceeds 32:1"):
+        prepare_image(np.zeros((10, 330, 3), np.uint8), spec)
     with pytest.raises(ImageRefused, match="decompression bomb: 300x300 = 90000 pixels exceeds the limit of 89999"):
         prepare_image(png_bytes(300, 300), spec, ImageLimits(max_pixels=89999))
+    with pytest.raises(ImageRefused, match="decompression bomb: 300x300"):
+        prepare_image(Image.new("RGB", (300, 300)), spec, ImageLimits(max_pixels=89999))
 
 
 # ------------------------------------------------------------------------------------------ TensorRT backend

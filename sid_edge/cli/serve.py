@@ -48,9 +48,6 @@ def add_parser(sub) -> None:
                      help="most images in one multipart request; 413 above (default: %(default)s)")
     lim.add_argument("--max-pixels", type=int, default=None, metavar="N",
                      help="refuse images whose header declares more pixels (422; default: Pillow's 89478485)")
-    lim.add_argument("--max-resize-pixels", type=int, default=None, metavar="N",
-                     help="refuse images whose resize to the model's input would produce more pixels, i.e. extreme "
-                          "aspect ratios (422; default: 8388608)")
     lim.add_argument("--timeout-s", type=float, default=30.0, metavar="S",
                      help="answer within this many seconds or give 504 (default: %(default)s)")
     lim.add_argument("--api-key-file", default=None, metavar="FILE",
@@ -70,7 +67,7 @@ def run(args) -> int:
     try:
         from sid_edge.service.app import ServiceSettings, create_app
         from sid_edge.service.core import BatchingDetector
-        from sid_edge.service.limits import DEFAULT_MAX_RESIZE_PIXELS, ImageLimits
+        from sid_edge.service.limits import ImageLimits
         from sid_edge.service.server import serve
     except ImportError as e:
         raise UsageError(f"`sid-edge serve` needs the serve extra ({e.name} is missing): "
@@ -81,8 +78,7 @@ def run(args) -> int:
 
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: must be in 0..65535")
-    for name in ("max_batch", "max_queue", "max_images", "max_pixels", "max_resize_pixels", "decode_workers",
-                 "threads"):
+    for name in ("max_batch", "max_queue", "max_images", "max_pixels", "decode_workers", "threads"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
     _positive("--top-concepts", args.top_concepts, 0)
     if not 0 <= args.max_wait_ms <= 60_000:
@@ -116,8 +112,7 @@ def run(args) -> int:
     except (ManifestError, ValueError) as e:  # BackendUnavailable is a ValueError
         raise ModelError(str(e)) from e
     det.top_concepts = args.top_concepts
-    limits = ImageLimits(max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
-                         max_resize_pixels=args.max_resize_pixels or DEFAULT_MAX_RESIZE_PIXELS)
+    limits = ImageLimits(max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)
     core = BatchingDetector(det, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                             decode_workers=args.decode_workers, limits=limits)
     settings = ServiceSettings(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_images=args.max_images,

@@ -11,7 +11,7 @@ Needs the ``serve`` extra (fastapi, uvicorn, prometheus_client, python-multipart
 """
 
 from sid_edge.service.core import BatchingDetector, NotAccepting, Overloaded, ServiceError
-from sid_edge.service.limits import DEFAULT_MAX_RESIZE_PIXELS, ImageLimits, ImageRefused, prepare_image, resized_size
+from sid_edge.service.limits import ImageLimits, ImageRefused, prepare_image
 
 __all__ = ["BatchingDetector", "NotAccepting", "Overloaded", "ServiceError", "ImageLimits", "ImageRefused",
-           "prepare_image", "resized_size", "DEFAULT_MAX_RESIZE_PIXELS"]
+           "prepare_image"]

@@ -146,9 +146,11 @@ def model_identity(core: BatchingDetector) -> dict:
             "precision": det.precision, "backend": det.backend_name}
 
 
-def model_summary(manifest: dict) -> dict:
-    """What ``sid-edge info`` shows of a manifest, as JSON: backbone, head, preprocessing, threshold, concepts,
-    graph I/O, model files (precision, file, size, sha256, fidelity), engines, libraries. No filesystem paths."""
+def model_summary(manifest) -> dict:
+    """What ``sid-edge info`` shows of a manifest (a :class:`~sid_edge.artifact.manifest.Manifest` or its JSON
+    dict), as JSON: backbone, head, preprocessing, threshold, concepts, graph I/O, model files (precision, file,
+    size, sha256, fidelity), engines, libraries. No filesystem paths."""
+    manifest = manifest.to_dict() if hasattr(manifest, "to_dict") else dict(manifest)
     keep = ("format", "schema_version", "created", "backbone", "preprocessing", "decoding", "threshold", "threshold_on",
             "threshold_choice", "input", "outputs", "default_precision", "calibration", "fidelity_set", "libraries")
     out = {k: manifest[k] for k in keep if k in manifest}

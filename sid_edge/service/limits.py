@@ -1,14 +1,14 @@
 """Per-image limits of the detection service, and the decode step that enforces them (torch-free).
 
-Two bounds apply to every image before any large allocation:
+Two bounds apply to every image before any large allocation, both the runtime's own rules:
 
 * **source pixels** (width x height from the header, before decoding): :func:`sid_edge.runtime.images.decode_image`'s
   decompression-bomb limit, ``max_pixels``;
-* **resize work**: the ``"shortest"`` rule sends the SHORT side to the model's size S, so a 20000x1 strip becomes a
-  1,280,000x64 intermediate at S=64 (about 0.8 GB peak for a 143-byte PNG; see the hostile-inputs issue). The image
-  that PIL's resize produces has ``resized_pixels(w, h, spec)`` pixels; images above ``max_resize_pixels`` are refused
-  before the resize runs. Together with the source bound this bounds every intermediate: PIL resizes in two
-  separable passes, and each pass's output is at most max(source, resized) pixels.
+* **resize work**: the ``"shortest"`` rule sends the SHORT side to the model's size S, so a 20000x1 strip would
+  become a 1,280,000x64 intermediate at S=64 (about 0.8 GB peak for a 143-byte PNG). The runtime's
+  :func:`~sid_edge.runtime.images.check_resize_work` refuses aspect ratios above
+  :data:`~sid_edge.runtime.images.MAX_ASPECT_RATIO` before the resize runs; :func:`prepare_image` applies it to
+  every input (bytes, paths, PIL images and arrays alike).
 
 Refusals raise :class:`ImageRefused` with a human ``reason`` and a ``category`` from :data:`ERROR_CATEGORIES` (a
 fixed set, so the Prometheus label ``reason`` has bounded cardinality).
@@ -23,21 +23,15 @@ from pathlib import Path
 import numpy as np
 
 from sid_edge.artifact.preprocessing import Preprocessing
-from sid_edge.runtime.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, preprocess
+from sid_edge.runtime.images import DEFAULT_MAX_PIXELS, ImageDecodeError, check_resize_work, decode_image, preprocess
 
 __all__ = [
-    "DEFAULT_MAX_RESIZE_PIXELS",
     "ERROR_CATEGORIES",
     "ImageLimits",
     "ImageRefused",
     "error_category",
     "prepare_image",
-    "resized_size",
 ]
-
-#: Default bound on the pixels of the resized image (before the centre crop): 2**23 = 8,388,608, i.e. 32 MiB in
-#: PIL's 4-byte RGB layout. It admits aspect ratios up to 74:1 at S=336 (ViT-L/14-336) and 2048:1 at S=64.
-DEFAULT_MAX_RESIZE_PIXELS: int = 1 << 23
 
 #: Values of :attr:`ImageRefused.category` and of the ``reason`` label of ``sid_edge_image_errors_total``.
 ERROR_CATEGORIES = ("empty", "not_an_image", "header_only", "truncated", "too_many_pixels", "resize_work",
@@ -46,21 +40,18 @@ ERROR_CATEGORIES = ("empty", "not_an_image", "header_only", "truncated", "too_ma
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Bounds on one image.
+    """Bounds on one image (the aspect-ratio bound is the runtime's fixed rule, see the module docstring).
 
     Attributes:
         max_pixels: source width x height above which the header alone refuses the image (decompression bomb).
-        max_resize_pixels: bound on the pixels of the resized image (see the module docstring).
     """
 
     max_pixels: int = DEFAULT_MAX_PIXELS
-    max_resize_pixels: int = DEFAULT_MAX_RESIZE_PIXELS
 
     def __post_init__(self) -> None:
-        for name in ("max_pixels", "max_resize_pixels"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"ImageLimits.{name}: expected a positive int, got {v!r}")
+        v = self.max_pixels
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"ImageLimits.max_pixels: expected a positive int, got {v!r}")
 
 
 class ImageRefused(Exception):
@@ -73,22 +64,6 @@ class ImageRefused(Exception):
 
     def __str__(self) -> str:
         return self.reason
-
-
-def resized_size(width: int, height: int, spec: Preprocessing) -> tuple[int, int]:
-    """(width, height) in pixels of the image the preprocessing resize produces, before the centre crop.
-
-    The rule of :func:`sid_edge.runtime.images.preprocess` (torchvision ``_compute_resized_output_size``):
-    ``"shortest"``: short side -> S, long side -> ``int(S * long / short)``; ``"squash"``: S x S.
-    """
-    if width <= 0 or height <= 0:
-        raise ValueError(f"image size {width}x{height}: both sides must be positive")
-    size = spec.size
-    if spec.resize_mode != "shortest":
-        return size, size
-    short, long = (width, height) if width <= height else (height, width)
-    new_long = int(size * long / short)
-    return (size, new_long) if width <= height else (new_long, size)
 
 
 def error_category(reason: str) -> str:
@@ -104,6 +79,8 @@ def error_category(reason: str) -> str:
         return "truncated"
     if "decompression bomb" in r:
         return "too_many_pixels"
+    if r.startswith("aspect ratio"):
+        return "resize_work"
     if r.startswith("cannot convert mode"):
         return "unsupported"
     return "corrupt"
@@ -118,8 +95,8 @@ def prepare_image(source, spec: Preprocessing, limits: ImageLimits = ImageLimits
             callers only: the HTTP service passes bytes), a PIL image or an HxWx3 uint8 RGB array.
 
     Raises:
-        ImageRefused: not decodable, too many source pixels, or too much resize work (the reason names the sizes
-            and the limit).
+        ImageRefused: not decodable, too many source pixels, or an aspect ratio whose resize would be too much work
+            (the reason names the sizes and the limit).
         TypeError: another type of source.
     """
     from PIL import Image
@@ -152,14 +129,11 @@ def prepare_image(source, spec: Preprocessing, limits: ImageLimits = ImageLimits
     if width * height > limits.max_pixels:
         raise ImageRefused(f"decompression bomb: {width}x{height} = {width * height} pixels exceeds the limit of "
                            f"{limits.max_pixels}", "too_many_pixels")
-    rw, rh = resized_size(width, height, spec)
-    if rw * rh > limits.max_resize_pixels:
-        raise ImageRefused(
-            f"resize work: a {width}x{height} image resizes to {rw}x{rh} = {rw * rh} pixels for the model's "
-            f"{spec.size}-pixel input, above the limit of {limits.max_resize_pixels} (aspect ratio too extreme)",
-            "resize_work")
     try:
+        check_resize_work(width, height, spec)  # before preprocess resizes (it checks again; cheap)
         return preprocess(image, spec)
+    except ImageDecodeError as e:
+        raise ImageRefused(e.reason, error_category(e.reason)) from None
     except (ValueError, OSError, MemoryError) as e:
         raise ImageRefused(f"cannot preprocess ({type(e).__name__}: {e})", "unsupported") from None
 
