@@ -25,7 +25,7 @@ EXTRA_FOR_MODULE = {
 }
 
 #: Subcommands in the order ``--help`` lists them: name -> module under sid_edge.cli.
-COMMANDS = ("train", "export", "build", "scan", "info", "explain", "evaluate", "provenance")
+COMMANDS = ("train", "export", "build", "scan", "info", "explain", "evaluate", "provenance", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
