@@ -234,7 +234,8 @@ def test_scan_videos_images_rows_summary_and_png_equality(artifact, tmp_path):
     assert main(["scan", str(media), "--model", str(artifact), "--out", str(out), "--every", "5",
                  "--summary", str(summary), "--top-concepts", "0", "--no-progress"]) == 0
     rows = read_rows(out)
-    assert list(rows[0]) == ["path", "frame", "time_s", "p_synthetic", "prediction", "error"]
+    assert list(rows[0]) == ["path", "frame", "time_s", "p_synthetic", "prediction", "error", "provenance"]
+    assert all(r["provenance"] == "" for r in rows if r["frame"])  # frames carry no file metadata
     by_path: dict[str, list[dict]] = {}
     for r in rows:
         by_path.setdefault(Path(r["path"]).name, []).append(r)
@@ -397,6 +398,11 @@ def test_cli_video_usage_errors(artifact, tmp_path, capsys):
         main(["scan", str(clip), "--model", str(artifact), "--fps", "1", "--every", "2"])
     assert e.value.code == 2
     assert main(["scan", "camera:x", "--model", str(artifact)]) == 2  # neither a file nor a live source
+    assert main(["scan", str(clip), "--model", str(artifact), "--resume", "--out", str(tmp_path / "r.csv")]) == 2
+    before = clip.read_bytes()
+    assert main(["scan", str(clip), "--model", str(artifact), "--out", str(clip)]) == 2  # never overwrite an input
+    assert clip.read_bytes() == before
+    assert "destroy" in capsys.readouterr().err
 
 
 def test_streams_do_not_import_torch():
