@@ -1,4 +1,4 @@
-"""`sid-edge scan`: score every image under the given files and folders."""
+"""`sid-edge scan`: score every image and video frame under the given files, folders and live sources."""
 
 from __future__ import annotations
 
@@ -23,9 +23,11 @@ from sid_edge.cli.common import (
 log = logging.getLogger(__name__)
 
 def add_parser(sub) -> None:
-    s = sub.add_parser("scan", help="score every image under the given files/folders",
-                       description="Recursively discover images and score them in batches. One row per file: path, "
-                                   "p_synthetic, prediction, error (+ top_concepts, provenance). Bad files get a reason in `error`; the scan goes on.")
+    s = sub.add_parser("scan", help="score every image and video frame under the given files/folders/streams",
+                       description="Recursively discover images and videos and score them in batches. One row per "
+                                   "image and per sampled video frame: path, [frame, time_s,] p_synthetic, prediction, "
+                                   "error (+ top_concepts, provenance). Bad files get a reason in `error`; the scan goes "
+                                   "on. PATH may also be a live source: rtsp://..., http(s)://... (MJPEG, HLS) or camera:N.")
     s.add_argument("paths", nargs="+", metavar="PATH")
     s.add_argument("--model", default=None, metavar="DIR", help="detector artifact (default: the default detector, built once and cached)")
     s.add_argument("--out", default=None, metavar="FILE", help="results.csv or results.jsonl (default: CSV on stdout)")
@@ -38,7 +40,7 @@ def add_parser(sub) -> None:
                         "else ONNX Runtime CUDA, else CPU) and says which (default: %(default)s)")
     s.add_argument("--allow-fallback", action="store_true",
                    help="if the requested backend cannot run here, use ONNX Runtime instead of stopping")
-    s.add_argument("--workers", type=int, default=None, help="decoder threads (default: one per core, at least 2)")
+    s.add_argument("--workers", type=int, default=None, help="decoder threads (video: preprocessing threads) (default: one per core, at least 2)")
     s.add_argument("--max-pixels", type=int, default=None, help="refuse images with more pixels (decompression bombs)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--top-concepts", type=int, default=3, metavar="N",
@@ -62,6 +64,22 @@ def add_parser(sub) -> None:
     from sid_edge.cli.scan_ray import add_ray_args
 
     add_ray_args(s)
+    v = s.add_argument_group("video and live sources")
+    sampling = v.add_mutually_exclusive_group()
+    sampling.add_argument("--fps", type=float, default=None, metavar="F",
+                          help="sample F frames per second of presentation time, evenly even for variable frame rate "
+                               "(default: 1)")
+    sampling.add_argument("--every", type=int, default=None, metavar="N", help="sample every N-th decoded frame (1: all)")
+    v.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="stop each video/stream after S seconds (presentation time; wall time for live sources)")
+    v.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop each video/stream after N sampled frames")
+    v.add_argument("--summary", default=None, metavar="FILE",
+                   help="per-video summary (frames scored, max/mean p_synthetic, flagged fraction, first flagged "
+                        "time) as .csv or .jsonl")
+    v.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                   help="live sources: open/read timeout in seconds (default: %(default)s)")
+    v.add_argument("--retries", type=int, default=3, metavar="N",
+                   help="live sources: reconnects after a stall or drop, with backoff (default: %(default)s)")
 
 
 
@@ -81,7 +99,10 @@ def run(args) -> int:
         raise UsageError(f"--top-concepts {args.top_concepts}: must be >= 0")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise UsageError(f"--threshold {args.threshold}: must be in [0, 1] (it applies to p_synthetic)")
-    missing = [p for p in args.paths if not Path(p).exists() and not Path(p).is_symlink()]
+    from sid_edge.streams.sources import discover_media, is_live_source
+
+    _check_video_args(args)
+    missing = [p for p in args.paths if not Path(p).exists() and not Path(p).is_symlink() and not is_live_source(p)]
     if missing:
         raise UsageError("no such file or folder: " + ", ".join(missing))
     if args.out is not None:
@@ -112,6 +133,11 @@ def run(args) -> int:
     elif args.c2pa_trust or args.watermark:
         raise UsageError("--c2pa-trust and --watermark need provenance; drop --no-provenance")
     progress = False if args.no_progress else None
+    media = discover_media(args.paths, all_files=args.all_files)
+    if args.summary is not None or media.has_video:
+        if args.resume:
+            raise UsageError("--resume applies to image scans; a scan with videos or live sources starts afresh")
+        return _scan_media(args, det, progress, media)
     try:
         with det:
             summary = scan(args.paths, det, out=args.out, batch_size=args.batch_size, workers=args.workers,
@@ -132,5 +158,63 @@ def run(args) -> int:
         + f"; {summary.images_per_second:.1f} images/s on {det.backend_name}"
         + (f"; results in {args.out}" if args.out else ""),
         highlight=False,
+    )
+    return EXIT_OK
+
+
+def _check_video_args(args) -> None:
+    if args.fps is not None and not args.fps > 0:
+        raise UsageError(f"--fps {args.fps}: must be > 0")
+    if args.every is not None and args.every < 1:
+        raise UsageError(f"--every {args.every}: must be >= 1")
+    if args.duration is not None and not args.duration > 0:
+        raise UsageError(f"--duration {args.duration}: must be > 0 seconds")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise UsageError(f"--max-frames {args.max_frames}: must be >= 1")
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout {args.timeout}: must be > 0 seconds")
+    if args.retries < 0:
+        raise UsageError(f"--retries {args.retries}: must be >= 0")
+
+
+def _scan_media(args, det, progress, media) -> int:
+    """Scans that include videos or live sources (sid_edge.streams): rows with frame/time_s, per-video summaries."""
+    import os
+
+    import cv2
+
+    from sid_edge.runtime.images import DEFAULT_MAX_PIXELS
+    from sid_edge.runtime.scan import OutputError
+    from sid_edge.streams.scan import scan_media
+
+    # FFmpeg's and OpenCV's own log lines would interleave with the scan's output; errors arrive as rows instead.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        with det:
+            s = scan_media(args.paths, det, out=args.out, summary=args.summary, batch_size=args.batch_size,
+                           workers=args.workers, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, progress=progress,
+                           top_concepts=args.top_concepts, every=args.every, fps=args.fps, duration_s=args.duration,
+                           max_frames=args.max_frames, timeout_s=args.timeout, retries=args.retries, found=media)
+    except OutputError as e:
+        raise UsageError(str(e)) from None
+    for folder in s.unreadable_folders:
+        console.print(f"could not list {folder} (its files were not scanned)", highlight=False, markup=False)
+    for v in s.videos_summary[:20]:
+        if v.frames_scored:
+            first = f", first flagged at {v.first_flagged_time_s:.3f} s (frame {v.first_flagged_frame})" if v.flagged else ""
+            console.print(f"{v.path}: {count(v.frames_scored, 'frame')} scored, max p_synthetic {v.max_p_synthetic:.3f}, "
+                          f"mean {v.mean_p_synthetic:.3f}, {v.flagged_fraction:.1%} flagged{first}"
+                          + (f"; {count(v.errors, 'error')}" if v.errors else ""), highlight=False, markup=False)
+        else:
+            console.print(f"{v.path}: no frames scored ({v.error})", highlight=False, markup=False)
+    console.print(
+        f"{count(s.images, 'image')}, {count(s.videos, 'video')}: {count(s.rows, 'row')}, {s.scored} scored "
+        f"({s.frames} video frames; {s.synthetic} synthetic at threshold {det.threshold:g}), "
+        f"{count(s.errors, 'error')}"
+        + (f"; skipped {count(sum(s.skipped.values()), 'file')} that are neither images nor videos" if s.skipped else "")
+        + f"; {s.rows_per_second:.1f} rows/s on {det.backend_name}"
+        + (f"; results in {args.out}" if args.out else "") + (f"; summary in {args.summary}" if args.summary else ""),
+        highlight=False, markup=False,
     )
     return EXIT_OK

@@ -11,7 +11,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -226,6 +226,24 @@ class Detector:
         for preds in self.predict_batches(images, batch_size=batch_size, workers=workers):
             out.extend(preds)
         return out
+
+    def stream(self, frames: Iterable, *, batch_size: int = 8, max_latency_ms: float = 100.0,
+               bgr: bool = False, workers: int | None = None) -> Iterator[Prediction]:
+        """Score an endless stream of in-memory frames, yielding one Prediction per frame, in order, as soon as
+        its micro-batch has run: a batch runs when it holds ``batch_size`` frames or when its first frame has
+        waited ``max_latency_ms`` milliseconds. Frames are preprocessed in a producer thread while the previous
+        batch runs; at most ``2 * batch_size + 1`` frames are in flight, so memory stays flat over a long stream.
+
+        ``frames``: HxWx3 uint8 arrays in RGB order (``bgr=True`` for OpenCV's BGR), or tuples whose last element
+        is such an array, e.g. the ``(frame_index, time_s, rgb)`` frames of :func:`sid_edge.streams.read_frames`;
+        ``Prediction.source`` is the rest of the tuple, or the frame's 0-based position for a bare array. A frame of
+        another shape/dtype gets ``error`` set. ``workers``: preprocessing threads (default: one per core, at least
+        2). See :mod:`sid_edge.runtime.streaming`."""
+        from sid_edge.runtime.streaming import micro_batches
+
+        for batch in micro_batches(frames, self.preprocessing, batch_size=batch_size, max_latency_ms=max_latency_ms,
+                                   bgr=bgr, workers=workers):
+            yield from self._score(batch)
 
     def _score(self, batch: Batch) -> list[Prediction]:
         results = {}

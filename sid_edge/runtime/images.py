@@ -605,11 +605,14 @@ class Discovery:
     unreadable: list[tuple[Path, str]]
 
 
-def discover(paths: Iterable[str | os.PathLike[str]], *, all_files: bool = False) -> Discovery:
+def discover(paths: Iterable[str | os.PathLike[str]], *, all_files: bool = False,
+             extensions: Iterable[str] | None = None) -> Discovery:
     """Expand files and directories like :func:`discover_images`, but never stop at an unreadable folder: it is
-    reported in ``unreadable`` and the rest is scanned. ``all_files`` keeps every file found in a folder.
+    reported in ``unreadable`` and the rest is scanned. ``all_files`` keeps every file found in a folder;
+    ``extensions`` (lower case, with the dot) replaces :data:`IMAGE_EXTENSIONS` as the suffixes kept in folders.
 
     Raises FileNotFoundError for an argument that does not exist at all (not even as a dangling link)."""
+    suffixes = IMAGE_EXTENSIONS if extensions is None else frozenset(extensions)
     files: list[Path] = []
     skipped: Counter = Counter()
     unreadable: list[tuple[Path, str]] = []
@@ -631,7 +634,7 @@ def discover(paths: Iterable[str | os.PathLike[str]], *, all_files: bool = False
             for root, _dirs, names in os.walk(p, followlinks=False, onerror=unlistable):
                 for name in names:
                     ext = os.path.splitext(name)[1].lower()
-                    if all_files or ext in IMAGE_EXTENSIONS:
+                    if all_files or ext in suffixes:
                         found.append(Path(root, name))
                     else:
                         skipped[ext] += 1

@@ -99,22 +99,30 @@ def csv_safe(text: str) -> str:
 class ResultWriter:
     """Writes rows as CSV (header first) or JSONL (one object per line), chosen by ``fmt`` ("csv" | "jsonl").
     ``concepts``: add the ``top_concepts`` field (after the standard ones); ``provenance``: add the ``provenance``
-    field (last). ``header``: write the CSV header."""
+    field (last). ``header``: write the CSV header. ``video``: add ``frame`` and ``time_s`` after ``path`` (rows of
+    still images leave them empty in CSV and omit them in JSONL; see sid_edge.streams)."""
 
-    def __init__(self, stream: IO[str], fmt: str, concepts: bool = False, provenance: bool = False, header: bool = True):
+    def __init__(self, stream: IO[str], fmt: str, concepts: bool = False, provenance: bool = False, header: bool = True,
+                 video: bool = False):
         if fmt not in ("csv", "jsonl"):
             raise ValueError(f"unknown output format {fmt!r}; use .csv or .jsonl")
-        self.stream, self.fmt, self.concepts, self.provenance = stream, fmt, concepts, provenance
+        self.stream, self.fmt, self.concepts, self.provenance, self.video = stream, fmt, concepts, provenance, video
         if fmt == "csv":
-            self.fields = FIELDS + (("top_concepts",) if concepts else ()) + (("provenance",) if provenance else ())
+            self.fields = (FIELDS[:1] + (("frame", "time_s") if video else ()) + FIELDS[1:]
+                           + (("top_concepts",) if concepts else ()) + (("provenance",) if provenance else ()))
             self._csv = csv.DictWriter(stream, fieldnames=self.fields, lineterminator="\n")
             if header:
                 self._csv.writeheader()
 
-    def write(self, path, pred: Prediction) -> None:
+    def write(self, path, pred: Prediction, frame: int | None = None, time_s: float | None = None) -> None:
         text = path_text(path) if isinstance(path, (str, os.PathLike)) else str(path)
         if self.fmt == "jsonl":
-            row = {"path": text, "p_synthetic": pred.p_synthetic, "prediction": pred.prediction, "error": pred.error or ""}
+            row = {"path": text}
+            if frame is not None:
+                row["frame"] = frame
+            if time_s is not None:
+                row["time_s"] = round(time_s, 6)
+            row.update(p_synthetic=pred.p_synthetic, prediction=pred.prediction, error=pred.error or "")
             raw = _path_bytes(path) if isinstance(path, (str, os.PathLike)) else None
             if raw is not None:
                 row["path_bytes"] = raw
@@ -128,6 +136,8 @@ class ResultWriter:
         else:
             row = {
                 "path": csv_safe(text),
+                **({"frame": "" if frame is None else frame,
+                    "time_s": "" if time_s is None else repr(round(time_s, 6))} if self.video else {}),
                 "p_synthetic": "" if pred.p_synthetic is None else f"{pred.p_synthetic:.7g}",
                 "prediction": pred.prediction or "",
                 "error": csv_safe(pred.error or ""),
