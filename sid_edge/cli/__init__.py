@@ -75,3 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `sid-edge info --json | head`: the reader left, nothing is wrong
         sys.stdout = None
         return EXIT_OK
+    except Exception as e:  # a bug: one line by default, the traceback with -v
+        if getattr(args, "verbose", False):
+            console.print_exception()
+        console.print(f"[bold red]error:[/] unexpected failure in sid-edge {escape(args.command)}: "
+                      f"{escape(type(e).__name__)}: {escape(str(e))} (run with -v for the traceback; please report it)",
+                      highlight=False)
+        return 1
