@@ -141,10 +141,15 @@ def fidelity_figures(
 def measure_fidelity(
     artifact_dir: str | os.PathLike, precisions: Sequence[str], held_out: HeldOutSet, *,
     batch_size: int = 8, progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    backends: dict[str, tuple[str, str]] | None = None,
 ) -> tuple[dict[str, dict], dict]:
     """Load each precision of the artifact with the runtime (CPU) and measure :func:`fidelity_figures` against
     its FP32 model on ``held_out``. Returns ({precision: figures}, description of the set: data, split, images,
     real, synthetic, excluded calibration images, undecodable, threshold, runtime).
+
+    ``backends``: further rows run on another backend, {label: (precision, backend)} (e.g. ``{"openvino:int8":
+    ("int8", "openvino"), "openvino:bf16": ("bf16", "openvino")}``), measured against the same ONNX Runtime FP32
+    outputs and returned under their labels.
 
     Raises ManifestError when the artifact lacks an FP32 model or a requested precision; ValueError when no
     held-out image could be decoded.
@@ -153,6 +158,8 @@ def measure_fidelity(
 
     order = ["fp32", *[p for p in precisions if p != "fp32"]]
     detectors = {p: Detector.load(artifact_dir, precision=p, backend="cpu") for p in order}
+    for label, (precision, backend) in (backends or {}).items():
+        detectors[label] = Detector.load(artifact_dir, precision=precision, backend=backend)
     outputs, labels, skipped = run_variants(detectors, held_out.items, batch_size=batch_size, progress=progress)
     if not len(labels):
         raise ValueError(f"{held_out.description['data']}: none of the {len(held_out.items)} held-out images could be decoded")
@@ -161,5 +168,5 @@ def measure_fidelity(
                    "synthetic": int((labels == 1).sum()), "undecodable": len(skipped), "threshold": threshold,
                    "runtime": "onnxruntime-cpu"}
     report = {p: fidelity_figures(outputs["fp32"], None if p == "fp32" else outputs[p], labels, threshold)
-              for p in order if p in precisions}
+              for p in [*order, *(backends or {})] if p in precisions or p in (backends or {})}
     return report, description

@@ -44,11 +44,12 @@ __all__ = ["CALIBRATION_METHODS", "DEFAULT_CALIBRATION_METHOD", "calibration_pro
 DEFAULT_PERCENTILE = 99.99
 HIGH_PRECISION_DTYPES = ("fp32", "fp16")
 INT8_AMAX = 127.0  # TensorRT INT8 is symmetric over [-127, 127]: scale = amax / 127
-#: ONNX Runtime session settings for INT8 graphs on the CPU. On x86-64 without VNNI (AVX2, AVX-512 before VNNI)
-#: ONNX Runtime's default U8S8 integer GEMM saturates its 16-bit intermediate sums; "session.x64quantprecision"
-#: switches those CPUs to the exact U8U8 kernel (other CPUs are unaffected). Measured on the test fixture on an
-#: AVX2 CPU: mean |Δp_synthetic| vs FP32 0.025 without it, 0.005 with it (the exact value of the Q/DQ graph).
-INT8_ORT_SESSION_CONFIG = {"session.x64quantprecision": "1"}
+#: The Q/DQ INT8 graph needs exact integer accumulation: on x86-64 without VNNI (AVX2, AVX-512 before VNNI) ONNX
+#: Runtime's default U8S8 integer GEMM saturates its 16-bit intermediate sums (measured on the test fixture on an
+#: AVX2 CPU: mean |Δp_synthetic| vs FP32 0.025 with it, 0.005 with the exact kernel). Recorded in the manifest as
+#: ``needs_exact_int8_accumulation``; the runtime picks the kernel for the CPU at hand
+#: (:func:`sid_edge.runtime.cpu_features.ort_int8_session_config`).
+NEEDS_EXACT_INT8_ACCUMULATION = True
 
 
 def calibration_providers(available: Sequence[str] | None = None) -> list[str]:
@@ -166,8 +167,8 @@ def quantize_int8(
 
     Returns {"tool", "mode", "scheme", "calibration_method", "percentile"?, "high_precision_dtype",
     "calibration_images", "calibration_providers", "quantize_linear", "dequantize_linear", "dq_consumers",
-    "onnxruntime": {"session_config"}}
-    (the last: settings the runtime must give ONNX Runtime, see :data:`INT8_ORT_SESSION_CONFIG`).
+    "needs_exact_int8_accumulation"}
+    (the last: the graph's integer GEMMs must accumulate exactly, see :data:`NEEDS_EXACT_INT8_ACCUMULATION`).
 
     Raises ValueError for an unknown method/dtype or an empty calibration set, RuntimeError when ModelOpt wrote
     no Q/DQ node.
@@ -252,5 +253,5 @@ def quantize_int8(
     }
     if method == "percentile":
         info["percentile"] = percentile
-    info["onnxruntime"] = {"session_config": dict(INT8_ORT_SESSION_CONFIG)}
+    info["needs_exact_int8_accumulation"] = NEEDS_EXACT_INT8_ACCUMULATION
     return info

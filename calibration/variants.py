@@ -52,6 +52,31 @@ def _entry(directory: Path, precision: str, **made: dict) -> ModelEntry:
     return ModelEntry.model_validate(entry)
 
 
+def int8_model_fields(info: dict) -> dict:
+    """The INT8 model entry's own fields: ``quantization`` (how it was made, from
+    :func:`sid_edge.calibration.int8.quantize_int8`) and ``needs_exact_int8_accumulation`` (bool: the graph's
+    integer GEMMs must accumulate exactly; the runtime picks the kernel for the CPU at hand, see
+    :func:`sid_edge.runtime.cpu_features.ort_int8_session_config`). Artifacts before this field baked the choice
+    as ``onnxruntime.session_config["session.x64quantprecision"] = "1"``; the runtime still reads that."""
+    quantization = {k: v for k, v in info.items() if k not in ("onnxruntime", "needs_exact_int8_accumulation")}
+    return {"quantization": quantization,
+            "needs_exact_int8_accumulation": bool(info.get("needs_exact_int8_accumulation", True))}
+
+
+def other_backend_rows(precisions: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """Fidelity rows for backends whose arithmetic differs from ONNX Runtime's: OpenVINO on the INT8 graph, and
+    OpenVINO's BF16 hint on the FP32 graph (only on a CPU with BF16 units), where OpenVINO is installed. FP32 on
+    OpenVINO is not listed: it agrees with ONNX Runtime to ~1e-6 in logit (tests check 1e-5)."""
+    from sid_edge.runtime.openvino_backend import openvino_problem
+
+    rows = {}
+    if "int8" in precisions and openvino_problem("int8") is None:
+        rows["openvino:int8"] = ("int8", "openvino")
+    if "fp32" in precisions and openvino_problem("bf16") is None:
+        rows["openvino:bf16"] = ("bf16", "openvino")
+    return rows
+
+
 def _remove_model(directory: Path, entry: ModelEntry) -> None:
     for f in entry.files():
         artifact_path(directory, f.file).unlink(missing_ok=True)
@@ -73,6 +98,7 @@ def add_precision_variants(
     cache_dir: str | os.PathLike | None = None,
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
     say: Callable[[str], None] = log.info,
+    fidelity_backends: dict[str, tuple[str, str]] | None = None,
 ) -> dict:
     """Make the requested precisions of an artifact's FP32 graph, measure them, and rewrite its manifest.
 
@@ -88,6 +114,10 @@ def add_precision_variants(
             without splits are used whole); ``fidelity_size`` caps it with a stratified draw (None: all).
         progress: ``progress(description, total) -> advance(n)`` for the long steps.
         say: receives one line per step.
+        fidelity_backends: extra fidelity rows {label: (precision, backend)} (default :func:`other_backend_rows`:
+            OpenVINO's INT8 and BF16 where OpenVINO runs them here; ``{}`` for none). Stored in the manifest as
+            ``models[graph]["fidelity"]["held_out_backends"][name]``: ``models["int8"]...["openvino"]`` (the INT8
+            graph on OpenVINO), ``models["fp32"]...["openvino-bf16"]`` (the FP32 graph with the BF16 hint).
 
     Returns the new manifest.
 
@@ -131,8 +161,7 @@ def add_precision_variants(
         info = quantize_int8(fp32_path, out / model_file("int8"), calibration.pixel_values, method=calibration_method,
                              high_precision=high_precision, input_name=input_name,
                              use_external_data=external, progress=progress)
-        models["int8"] = _entry(out, "int8", quantization={k: v for k, v in info.items() if k != "onnxruntime"},
-                                onnxruntime=info["onnxruntime"])
+        models["int8"] = _entry(out, "int8", **int8_model_fields(info))
     libraries = {**manifest.libraries, "nvidia-modelopt": metadata.version("nvidia-modelopt")}
     # Written now: the runtime loads the variants from the manifest to measure them.
     set_models(out, models, calibration=Calibration.model_validate(calibration.summary()), libraries=libraries)
@@ -141,8 +170,20 @@ def add_precision_variants(
                             size=fidelity_size, seed=calibration_seed)
     say(f"fidelity: {len(held_out.items)} held-out images ({held_out.description['excluded_calibration_images']} "
         f"calibration images excluded)")
-    report, description = measure_fidelity(out, list(models), held_out, progress=progress)
+    backends = other_backend_rows(list(models)) if fidelity_backends is None else dict(fidelity_backends)
+    if backends:
+        say("fidelity: also " + ", ".join(backends) + " against ONNX Runtime FP32")
+    report, description = measure_fidelity(out, list(models), held_out, progress=progress, backends=backends)
     for precision, figures in report.items():
+        if precision in backends:  # "openvino:int8" -> models["int8"]; "openvino:bf16" -> the FP32 graph it runs
+            run_as, backend = backends[precision]
+            graph = {"bf16": "fp32"}.get(run_as, run_as)
+            name = backend if graph == run_as else f"{backend}-{run_as}"
+            fidelity = models[graph].fidelity
+            rows = dict(getattr(fidelity, "held_out_backends", None) or {})
+            rows[name] = HeldOut.model_validate(figures).to_dict()
+            fidelity.held_out_backends = rows
+            continue
         models[precision].fidelity.held_out = HeldOut.model_validate(figures)
 
     if "fp32" not in wanted:

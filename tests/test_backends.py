@@ -2,6 +2,7 @@
 decisions; the CLI's errors when TensorRT or a GPU is missing."""
 
 import csv
+import importlib.util
 import json
 import shutil
 from types import SimpleNamespace
@@ -17,8 +18,8 @@ from sid_edge.artifact.manifest import EngineEntry, file_entry, read_manifest, w
 
 S = "5" * 64  # a sha256 the tests agree on
 
-ALL = {"tensorrt": None, "cuda": None, "cpu": None}
-NO_GPU = {"tensorrt": "no engine", "cuda": "no CUDA provider", "cpu": None}
+ALL = {"tensorrt": None, "cuda": None, "openvino": None, "cpu": None}
+NO_GPU = {"tensorrt": "no engine", "cuda": "no CUDA provider", "openvino": "not installed", "cpu": None}
 
 HERE = detect_environment()
 needs_no_gpu = pytest.mark.skipif(HERE.has_gpu and HERE.has_tensorrt,
@@ -33,11 +34,12 @@ def test_auto_takes_the_fastest_available_and_says_what_it_passed_over():
     assert c.passed_over == [("tensorrt", "engine for another GPU")]
     c = choose_backend("auto", NO_GPU)
     assert c.backend == "cpu"
-    assert c.describe() == "onnxruntime-cpu (auto: fastest available; not tensorrt: no engine; not cuda: no CUDA provider)"
+    assert c.describe() == ("onnxruntime-cpu (auto: fastest available; not tensorrt: no engine; not cuda: no CUDA "
+                            "provider; not openvino: not installed)")
 
 
 def test_explicit_backend_runs_when_available():
-    for b in ("tensorrt", "cuda", "cpu"):
+    for b in ("tensorrt", "cuda", "openvino", "cpu"):
         c = choose_backend(b, ALL)
         assert (c.backend, c.fallback, c.passed_over) == (b, False, [])
         assert c.describe().endswith("(requested)")
@@ -58,16 +60,16 @@ def test_fallback_when_allowed_goes_to_onnx_runtime_gpu_first():
     assert c.describe() == "onnxruntime-cuda (fell back from tensorrt; not tensorrt: engine for Orin)"
     c = choose_backend("tensorrt", NO_GPU, allow_fallback=True)
     assert (c.backend, c.fallback) == ("cpu", True)
-    assert c.passed_over == [("tensorrt", "no engine"), ("cuda", "no CUDA provider")]
+    assert c.passed_over == [("tensorrt", "no engine"), ("cuda", "no CUDA provider")]  # openvino: not a fallback
     assert choose_backend("cuda", NO_GPU, allow_fallback=True).backend == "cpu"
 
 
 def test_nothing_available_and_unknown_names():
-    with pytest.raises(BackendUnavailable, match="no backend can run here: tensorrt: a; cuda: b; cpu: c"):
-        choose_backend("auto", {"tensorrt": "a", "cuda": "b", "cpu": "c"})
+    with pytest.raises(BackendUnavailable, match="no backend can run here: tensorrt: a; cuda: b; openvino: o; cpu: c"):
+        choose_backend("auto", {"tensorrt": "a", "cuda": "b", "openvino": "o", "cpu": "c"})
     with pytest.raises(BackendUnavailable, match="neither is a fallback: cuda: b; cpu: c"):
         choose_backend("tensorrt", {"tensorrt": "a", "cuda": "b", "cpu": "c"}, allow_fallback=True)
-    with pytest.raises(ValueError, match="unknown backend 'gpu'; expected one of auto, tensorrt, cuda, cpu"):
+    with pytest.raises(ValueError, match="unknown backend 'gpu'; expected one of auto, tensorrt, cuda, openvino, cpu"):
         choose_backend("gpu", ALL)
 
 
@@ -122,7 +124,8 @@ def test_auto_runs_on_cpu_here_and_scores_like_before(artifact, photo_dir):
     det = Detector.load(artifact)
     assert det.backend_name == "onnxruntime-cpu" and str(det.backend) == "onnxruntime-cpu"
     assert det.backend_choice.requested == "auto" and not det.backend_choice.fallback
-    assert [b for b, _ in det.backend_choice.passed_over] == (["tensorrt", "cuda"] if det.backend_name == "onnxruntime-cpu" else [])
+    # OpenVINO, where installed, is passed over for fp32 (not faster than ONNX Runtime, the reference).
+    assert [b for b, _ in det.backend_choice.passed_over] == (["tensorrt", "cuda", "openvino"] if det.backend_name == "onnxruntime-cpu" else [])
     cpu = Detector.load(artifact, backend="cpu")
     assert cpu.backend_choice.describe() == "onnxruntime-cpu (requested)"
     images = sorted(photo_dir.iterdir())
@@ -191,7 +194,9 @@ def test_scan_says_which_backend_it_chose(artifact, photo_dir, tmp_path, capsys)
     out = tmp_path / "r.csv"
     assert main(["scan", str(photo_dir), "--model", str(artifact), "--out", str(out), "--no-progress"]) == 0
     err = capsys.readouterr().err
-    assert "backend: onnxruntime-cpu (auto; not tensorrt, cuda: -v says why)" in " ".join(err.split())
+    # OpenVINO, where installed, is passed over for fp32 (not faster than ONNX Runtime).
+    skipped = "tensorrt, cuda, openvino" if importlib.util.find_spec("openvino") else "tensorrt, cuda"
+    assert f"backend: onnxruntime-cpu (auto; not {skipped}: -v says why)" in " ".join(err.split())
     assert "fastest available" not in err  # one short line; the reasons under -v
     assert len(list(csv.DictReader(open(out)))) == len(list(photo_dir.iterdir()))
     assert main(["scan", str(photo_dir), "--model", str(artifact), "--out", str(out), "--no-progress", "-v"]) == 0

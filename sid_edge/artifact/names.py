@@ -31,7 +31,7 @@ CONCEPT_SCORES = "concept_scores"
 CONCEPT_MODEL_OUTPUTS = ("concept_logit", "concept_contributions")
 
 #: Inference backends a user can ask for; ``auto`` takes the fastest that runs here.
-BACKEND_CHOICES = ("auto", "tensorrt", "cuda", "cpu")
+BACKEND_CHOICES = ("auto", "tensorrt", "cuda", "openvino", "cpu")
 
 #: The product's backbone: OpenAI CLIP ViT-L/14-336, which needs QuickGELU (open_clip 3.x does not force it).
 DEFAULT_CLIP_MODEL = "ViT-L-14-336-quickgelu"

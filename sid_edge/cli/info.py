@@ -93,7 +93,18 @@ def run(args) -> int:
     from sid_edge.cli.build import machine_line
 
     out.print(machine_line(), highlight=False, soft_wrap=True, markup=False)
+    _print_auto_plan(out, args.model, read_manifest(args.model))
     return EXIT_OK
+
+
+def _print_auto_plan(out, directory, manifest: dict) -> None:
+    """This machine's CPU and what ``--backend auto`` would run for each precision, and why (no model is loaded)."""
+    from sid_edge.runtime.backends import auto_plan
+    from sid_edge.runtime.cpu_features import detect
+
+    out.print(f"this CPU: {detect().describe()}", highlight=False, soft_wrap=True, markup=False)
+    for precision, text in auto_plan(directory, manifest).items():
+        out.print(f"auto for {precision}: {text}", highlight=False, soft_wrap=True, markup=False)
 
 
 def fidelity_table(models: dict):
@@ -116,6 +127,12 @@ def fidelity_table(models: dict):
         table.add_row(precision, f(h.get("ap"), ".4f"), f(h.get("delta_ap"), "+.4f"), f(h.get("accuracy"), ".3f"),
                       f(h.get("decision_agreement"), ".1%"), f(h.get("max_abs_dp"), ".1e"), f(h.get("mean_abs_dp"), ".1e"),
                       f(h.get("head_activation_cosine_mean"), ".5f"), f(h.get("head_activation_cosine_min"), ".4f"))
+    for precision, entry in models.items():  # the same graphs on other backends (OpenVINO INT8, BF16 hint)
+        for name, h in (entry.get("fidelity", {}).get("held_out_backends") or {}).items():
+            table.add_row(f"{precision} ({name})", f(h.get("ap"), ".4f"), f(h.get("delta_ap"), "+.4f"),
+                          f(h.get("accuracy"), ".3f"), f(h.get("decision_agreement"), ".1%"), f(h.get("max_abs_dp"), ".1e"),
+                          f(h.get("mean_abs_dp"), ".1e"), f(h.get("head_activation_cosine_mean"), ".5f"),
+                          f(h.get("head_activation_cosine_min"), ".4f"))
     return table
 
 

@@ -33,11 +33,15 @@ def add_parser(sub) -> None:
     s.add_argument("--out", default=None, metavar="FILE", help="results.csv or results.jsonl (default: CSV on stdout)")
     s.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default: %(default)s)")
     s.add_argument("--threshold", type=float, default=None, help="override the artifact's threshold on p_synthetic")
-    s.add_argument("--precision", default=None, metavar="P", type=str.lower, choices=PRECISIONS,
-                   help="model variant in the artifact: fp32, fp16 or int8 (default: the artifact's default, fp32 when present)")
+    s.add_argument("--precision", default=None, metavar="P", type=str.lower, choices=(*PRECISIONS, "bf16"),
+                   help="model variant in the artifact: fp32, fp16 or int8, or bf16 (OpenVINO's BF16 hint on the fp32 "
+                        "graph) (default: the artifact's default, fp32 when present)")
     s.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                    help="inference backend: auto takes the fastest available (a TensorRT engine that fits this GPU, "
-                        "else ONNX Runtime CUDA, else CPU) and says which (default: %(default)s)")
+                        "else ONNX Runtime CUDA, else OpenVINO where installed and faster for the precision (int8, "
+                        "bf16), else ONNX Runtime CPU) and says which (default: %(default)s)")
+    s.add_argument("--device", default=None, metavar="D",
+                   help="OpenVINO device for --backend openvino/auto: CPU, GPU, NPU or AUTO (default: CPU)")
     s.add_argument("--allow-fallback", action="store_true",
                    help="if the requested backend cannot run here, use ONNX Runtime instead of stopping")
     s.add_argument("--workers", type=int, default=None, help="decoder threads (video: preprocessing threads) (default: one per core, at least 2)")
@@ -115,7 +119,7 @@ def run(args) -> int:
     model_dir = args.model if args.model is not None else default_model_dir()
     try:
         det = Detector.load(model_dir, precision=args.precision, backend=args.backend, threshold=args.threshold,
-                            allow_fallback=args.allow_fallback)
+                            allow_fallback=args.allow_fallback, device=args.device)
     except (ManifestError, ValueError) as e:  # BackendUnavailable is a ValueError
         raise ModelError(str(e)) from e
     console.print(f"backend: {escape(det.backend_choice.summary())}", highlight=False)

@@ -120,23 +120,27 @@ class Detector:
         verify: bool = True,
         threads: int | None = None,
         allow_fallback: bool = False,
+        device: str | None = None,
     ) -> "Detector":
         """Load an artifact written by ``sid-edge export``.
 
         Args:
             directory: the artifact folder (``manifest.json`` + model files).
-            precision: which model variant to run (``fp32``, ``fp16``, ``int8``); default: the manifest's
-                ``default_precision`` (``fp32`` when the artifact has it).
+            precision: which model variant to run (``fp32``, ``fp16``, ``int8``), or ``bf16`` (the FP32 graph with
+                OpenVINO's BF16 inference hint; OpenVINO only); default: the manifest's ``default_precision``
+                (``fp32`` when the artifact has it).
             backend: ``auto`` (the fastest available: a TensorRT engine of ``precision`` that fits this GPU and
-                TensorRT, else ONNX Runtime CUDA, else ONNX Runtime CPU), ``tensorrt``, ``cuda`` or ``cpu``.
+                TensorRT, else ONNX Runtime CUDA, else OpenVINO where installed and faster for ``precision``
+                (INT8, BF16), else ONNX Runtime CPU), ``tensorrt``, ``cuda``, ``openvino`` or ``cpu``.
                 ``backend_choice.describe()`` says which ran and why.
             threshold: override the manifest's decision threshold on p_synthetic.
             verify: check the file's size and sha256 against the manifest before loading (a wrong model or
                 engine file is refused before it runs).
-            threads: ONNX Runtime intra-op threads (default: its own choice).
+            threads: ONNX Runtime intra-op / OpenVINO inference threads (default: the library's own choice).
             allow_fallback: when the explicitly requested backend cannot run here (no TensorRT, no GPU, an engine
                 built for another TensorRT release or GPU architecture), run on ONNX Runtime (CUDA, else CPU)
                 instead of refusing.
+            device: OpenVINO device (``CPU``, ``GPU``, ``NPU``, ``AUTO``; default ``CPU``); ignored by the others.
 
         Raises:
             ManifestError: missing/malformed manifest, missing or altered model file, graph I/O that does not
@@ -148,14 +152,14 @@ class Detector:
         warn_if_random_weights(manifest, d)
         precision = precision or default_precision(manifest)
         runner, choice = open_backend(d, manifest, precision, backend, allow_fallback=allow_fallback,
-                                      verify=verify, threads=threads)
+                                      verify=verify, threads=threads, device=device)
         if choice.fallback:
             log.warning("backend %s", choice.describe())
         return cls(d, manifest, runner, precision, threshold, choice)
 
     @property
     def backend_name(self) -> str:
-        """"tensorrt", "onnxruntime-cuda" or "onnxruntime-cpu"."""
+        """"tensorrt", "onnxruntime-cuda", "openvino" or "onnxruntime-cpu"."""
         return self._backend_name
 
     @property
