@@ -2,6 +2,7 @@
 the OpenVINO backend against ONNX Runtime on the tiny model, its compiled-model cache, and auto's choice."""
 
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -199,7 +200,8 @@ def test_openvino_bf16_on_the_fp32_graph(artifact):
 
 # ------------------------------------------------------------------------------------------ auto's choice
 def test_auto_prefers_openvino_only_where_it_is_faster():
-    manifest = {"models": {"fp32": {"sha256": "s"}, "int8": {"sha256": "t"}}, "engines": []}
+    manifest = SimpleNamespace(models={"fp32": SimpleNamespace(sha256="a" * 64), "int8": SimpleNamespace(sha256="b" * 64)},
+                               engines=[])
     cpu_only = ["CPUExecutionProvider"]
     un, _ = probe_unavailable(manifest, "int8", "auto", providers=cpu_only, openvino=None)
     c = choose_backend("auto", un)
