@@ -249,11 +249,15 @@ def probe_unavailable(manifest: Manifest, precision: str, requested: str, direct
         providers = ort.get_available_providers()
     unavailable: dict[str, str | None] = {"cpu": None, "cuda": ort_cuda_problem(providers)}
     if requested in ("auto", "openvino"):
+        slower = requested == "auto" and precision not in OPENVINO_FASTER
         if openvino is True:
-            from sid_edge.runtime.openvino_backend import DEFAULT_DEVICE, openvino_problem
+            from sid_edge.runtime.openvino_backend import DEFAULT_DEVICE, openvino_installed, openvino_problem
 
-            openvino = openvino_problem(precision, device or DEFAULT_DEVICE)
-        if openvino is None and requested == "auto" and precision not in OPENVINO_FASTER:
+            if slower and openvino_installed():  # not chosen anyway: spare the import and device probe
+                openvino = None
+            else:
+                openvino = openvino_problem(precision, device or DEFAULT_DEVICE)
+        if openvino is None and slower:
             openvino = f"for {precision} not faster than ONNX Runtime on the CPU (ONNX Runtime is the reference)"
         unavailable["openvino"] = openvino
     else:

@@ -36,6 +36,13 @@ class OpenVinoUnavailable(ValueError):
     """OpenVINO cannot run this here (not installed, device absent, no BF16 units). The message says why."""
 
 
+def openvino_installed() -> bool:
+    """Whether the ``openvino`` package is importable (checked without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
 def openvino_version() -> str | None:
     """The installed OpenVINO runtime's version (e.g. ``2026.4.1-22982-...``), or None when it is not installed."""
     try:
