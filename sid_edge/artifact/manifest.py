@@ -161,8 +161,12 @@ class HeldOut(_Block):
 
 
 class Fidelity(_Block):
+    """Figures measured at export: ONNX Runtime vs PyTorch parity, held-out figures, and held-out figures of the same
+    graph on other backends (``held_out_backends``, e.g. ``"openvino"``, ``"openvino-bf16"``)."""
+
     pytorch_parity: Optional[Parity] = None
     held_out: Optional[HeldOut] = None
+    held_out_backends: dict[StrictStr, HeldOut] = Field(default_factory=dict)
 
 
 class OrtOptions(_Block):
@@ -181,6 +185,9 @@ class ModelEntry(FileRecord):
     conversion: Optional[dict[str, Any]] = None      # FP16: ModelOpt AutoCast record
     quantization: Optional[dict[str, Any]] = None    # INT8: ModelOpt PTQ record
     onnxruntime: Optional[OrtOptions] = None
+    #: INT8 graphs: integer sums must be exact; on x86-64 CPUs without VNNI/AMX the runtime then picks ONNX Runtime's
+    #: exact U8U8 kernel (decided where the artifact runs, from the CPU: sid_edge.runtime.cpu_features).
+    needs_exact_int8_accumulation: Optional[StrictBool] = None
 
     def files(self) -> list[FileRecord]:
         """The graph file and its external-data files."""
