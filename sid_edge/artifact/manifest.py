@@ -57,6 +57,7 @@ __all__ = [
     "ManifestError", "Manifest", "FileRecord", "ModelEntry", "EngineEntry", "Backbone", "Head", "Vocabulary",
     "ConceptModel", "ThresholdChoice", "Calibration", "read_manifest", "write_manifest", "update_manifest",
     "parse_manifest", "model_entry", "verify_files", "file_entry", "set_threshold", "add_engine", "set_models",
+    "UncertainBand", "set_uncertain_band",
     "artifact_path", "sha256_file",
 ]
 
@@ -321,6 +322,29 @@ class ThresholdChoice(_Block):
     n_synthetic: Optional[Annotated[StrictInt, Field(ge=0)]] = None
 
 
+class UncertainBand(_Block):
+    """Scores too close to the threshold to trust (``evaluate --perturb … --write-band``): p_synthetic in the closed
+    interval [``low``, ``high``] is reported as "uncertain". Derived at ``threshold`` (the band is ignored by the
+    runtime once the manifest's threshold leaves it) from the measured ``perturbations`` on ``data``; ``method``
+    says how (see :mod:`sid_edge.robustness.stability`)."""
+
+    low: Probability
+    high: Probability
+    threshold: Probability
+    method: StrictStr
+    coverage: Probability = 1.0
+    perturbations: list[StrictStr] = Field(default_factory=list)
+    data: list[StrictStr] = Field(default_factory=list)
+    pairs: Annotated[StrictInt, Field(ge=0)] = 0
+    flips: Annotated[StrictInt, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if not self.low <= self.threshold <= self.high:
+            raise ValueError(f"needs low <= threshold <= high, got {self.low}, {self.threshold}, {self.high}")
+        return self
+
+
 class Calibration(_Block):
     """The INT8 calibration set: where it was drawn, how, counts, and every image id (excluded from evaluation)."""
 
@@ -358,6 +382,7 @@ class Manifest(_Block):
     threshold: Probability
     threshold_on: Literal["p_synthetic"] = "p_synthetic"
     threshold_choice: Optional[ThresholdChoice] = None
+    uncertain_band: Optional[UncertainBand] = None
     input: GraphInput
     outputs: list[GraphOutput]
     models: dict[Precision, ModelEntry]
@@ -506,11 +531,29 @@ def update_manifest(directory: str | os.PathLike) -> Iterator[Manifest]:
 
 # ------------------------------------------------------------------------------------------------ operations
 def set_threshold(directory: str | os.PathLike, threshold: float, choice: dict | ThresholdChoice | None = None) -> Path:
-    """Set the decision threshold (on p_synthetic, in [0, 1]) and, optionally, how it was chosen."""
+    """Set the decision threshold (on p_synthetic, in [0, 1]) and, optionally, how it was chosen. An uncertain
+    band derived at another threshold is dropped (it described the old decision boundary)."""
     with update_manifest(directory) as m:
         m.threshold = threshold
+        if m.uncertain_band is not None and m.uncertain_band.threshold != float(threshold):
+            m.uncertain_band = None
         if choice is not None:
             m.threshold_choice = choice if isinstance(choice, ThresholdChoice) else ThresholdChoice.model_validate(choice)
+    return Path(directory) / MANIFEST_NAME
+
+
+def set_uncertain_band(directory: str | os.PathLike, band: dict | UncertainBand | None) -> Path:
+    """Store (or, with None, remove) the ``uncertain_band``. Raises ManifestError when the band does not hold the
+    manifest's current threshold or does not validate (nothing is written then)."""
+    try:
+        b = band if band is None or isinstance(band, UncertainBand) else UncertainBand.model_validate(band)
+    except ValidationError as e:
+        raise ManifestError(f"{Path(directory) / MANIFEST_NAME}: uncertain_band: {_explain(e)}") from None
+    with update_manifest(directory) as m:
+        if b is not None and b.threshold != m.threshold:
+            raise ManifestError(f"{Path(directory) / MANIFEST_NAME}: the band was derived at threshold {b.threshold}, "
+                                f"the manifest's is {m.threshold}")
+        m.uncertain_band = b
     return Path(directory) / MANIFEST_NAME
 
 

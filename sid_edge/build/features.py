@@ -8,6 +8,7 @@ one misses.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -60,6 +61,9 @@ def extract_features(
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
     description: str = "Extracting features",
+    augment=None,
+    seed: int = 0,
+    view: int = 0,
 ) -> Features:
     """Run the frozen backbone over ``paths`` with a progress bar, reading/writing the feature cache.
 
@@ -67,11 +71,18 @@ def extract_features(
 
     Images that fail to decode are skipped and reported in ``Features.errors`` (index -> reason); they never
     stop the run. The cache stores the result for the exact (backbone identity, image contents) pair.
+
+    ``augment``: a :class:`sid_edge.robustness.augment.AugmentPreset`; features are then those of augmented view
+    ``view`` of each image under ``seed`` (:func:`sid_edge.robustness.augment.augmented_view`), cached per
+    (preset, seed, view, image contents).
     """
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     digest = hashlib.sha256(backbone.identity.key.encode())
-    for p in paths:
-        digest.update(_content_hash(p).encode())
+    if augment is not None:
+        digest.update(json.dumps({"augment": augment.identity(), "seed": seed, "view": view}, sort_keys=True).encode())
+    hashes = [_content_hash(p) for p in paths]
+    for h in hashes:
+        digest.update(h.encode())
     shard = cache / backbone.identity.key / f"{digest.hexdigest()[:32]}.npz"
     if use_cache and shard.is_file():
         with np.load(shard, allow_pickle=False) as z:
@@ -83,6 +94,10 @@ def extract_features(
     device = next(backbone.parameters()).device
     with progress_bar(description, total=len(paths), unit="img") as advance, torch.inference_mode():
         sources = [str(p) if isinstance(p, os.PathLike) else p for p in paths]
+        if augment is not None:
+            from sid_edge.robustness.augment import augmented_view
+
+            sources = [augmented_view(src, augment, seed, view, h) for src, h in zip(sources, hashes)]
         for batch in iter_batches(sources, backbone.preprocessing, batch_size, workers=workers):
             for item in batch.items:
                 if item.error is not None:
@@ -112,3 +127,33 @@ def extract_features(
                 error_reason=np.asarray(list(errors.values()), dtype=str),
             )
     return result
+
+
+def augmented_training_set(backbone: Backbone, items: Sequence, clean: Features, preset_name: str, *, views: int = 2,
+                           seed: int = 0, val_fraction: float = 0.2, feature: str = "pooled",
+                           **extract) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """Training features on augmented views, validation on unaugmented images (no view of a validation image is
+    trained on).
+
+    ``items``: labelled images (``.image``, ``.label``); ``clean``: their unaugmented :class:`Features`. The images
+    that decoded are split by :func:`sid_edge.build.training.stratified_split` (``val_fraction``, ``seed``); each
+    training image contributes ``views`` augmented views (:mod:`sid_edge.robustness.augment`, cached per view and
+    seed). ``feature``: "pooled" (orthogonal/linear heads) or "embedding" (concept model). Returns (x_train
+    [V·n_train', D] float32, y_train int64, (x_val [n_val, D], y_val)). Views that fail to decode are left out.
+    Raises ValueError for an unknown preset or feature, or a single class."""
+    from sid_edge.build.training import stratified_split
+    from sid_edge.robustness.augment import preset
+
+    p = preset(preset_name)
+    if feature not in ("pooled", "embedding"):
+        raise ValueError(f"feature {feature!r}: expected 'pooled' or 'embedding'")
+    labels = np.asarray([items[i].label for i in clean.kept], dtype=np.int64)
+    tr, va = stratified_split(labels, val_fraction, seed)
+    train_items = [items[int(clean.kept[i])] for i in tr]
+    xs, ys = [], []
+    for v in range(views):
+        f = extract_features(backbone, [it.image for it in train_items], augment=p, seed=seed, view=v,
+                             description=f"Features of augmented view {v + 1}/{views}", **extract)
+        xs.append(getattr(f, feature))
+        ys.append(np.asarray([train_items[i].label for i in f.kept], dtype=np.int64))
+    return np.concatenate(xs), np.concatenate(ys), (getattr(clean, feature)[va], labels[va])

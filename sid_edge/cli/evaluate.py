@@ -52,6 +52,21 @@ def add_parser(sub) -> None:
                          "dataset, how many images carry each kind and how the scores distribute among them "
                          "(REPORT_DIR/provenance.json)")
     pv.add_argument("--c2pa-trust", default=None, metavar="FILE", help="PEM file of C2PA trust anchors (with --provenance)")
+    rb = v.add_argument_group("robustness (how far to trust a verdict)")
+    rb.add_argument("--perturb", nargs="*", default=None, metavar="SPEC",
+                    help="also score every dataset under each deterministic perturbation and report AP, accuracy, the "
+                         "flip rate of verdicts and mean/max |Δp| against the unperturbed images: jpeg:Q, webp:Q, "
+                         "resize:F, thumbnail:N, crop:F, gray, blur:SIGMA, screenshot[:F] (no SPEC: jpeg:90 jpeg:75 "
+                         "jpeg:40 webp:80 resize:0.5 resize:0.25 thumbnail:128 crop:0.8 gray blur:1.0 screenshot)")
+    rb.add_argument("--write-band", action="store_true",
+                    help="with --perturb: write into each artifact's manifest the uncertain band, the p_synthetic range "
+                         "around the threshold whose verdicts flipped under the measured perturbations; scan and the "
+                         "API then report 'uncertain' inside it")
+    rb.add_argument("--band-coverage", type=float, default=1.0, metavar="Q",
+                    help="share of the flips on each side of the threshold the band must hold, in (0, 1] "
+                         "(default: %(default)s, every flip)")
+    rb.add_argument("--no-bias-check", action="store_true",
+                    help="do not check whether labels are predictable from file format, JPEG quality, size or EXIF")
     th = v.add_argument_group("threshold at a target false-positive rate")
     th.add_argument("--threshold-from", default=None, metavar="DATA",
                     help="choose each artifact's threshold so that at most --target-fpr of DATA's real images are "
@@ -79,6 +94,23 @@ def run(args) -> int:
         raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
     if args.c2pa_trust and not args.provenance:
         raise UsageError("--c2pa-trust needs --provenance")
+    perturbations = []
+    if args.perturb is not None:
+        from sid_edge.robustness import DEFAULT_PERTURBATIONS, parse_perturbations
+
+        try:
+            perturbations = parse_perturbations(args.perturb or DEFAULT_PERTURBATIONS)
+        except ValueError as e:
+            raise UsageError(str(e)) from e
+    if args.write_band and not perturbations:
+        raise UsageError("--write-band needs --perturb (the band comes from the measured flips)")
+    if args.write_band and not args.data:
+        raise UsageError("--write-band needs --data DATA… to measure the flips on")
+    if args.write_band and args.threshold_from and not args.write_threshold:
+        raise UsageError("--write-band with --threshold-from needs --write-threshold (the band belongs to the "
+                         "threshold the manifest keeps)")
+    if not 0.0 < args.band_coverage <= 1.0:
+        raise UsageError(f"--band-coverage {args.band_coverage}: must be in (0, 1]")
     reader = None
     if args.provenance:
         from sid_edge.provenance import ProvenanceReader
@@ -127,8 +159,12 @@ def run(args) -> int:
                                                split=args.threshold_split, target_fpr=args.target_fpr,
                                                progress=new_task, **options)
                 thresholds = {k: c.threshold for k, c in choices.items()}
+            if args.write_threshold and args.threshold_from:  # before the evaluation: a band belongs to this threshold
+                for d in detectors:
+                    path = ev.write_threshold(d, choices[d.name])
+                    console.print(f"threshold {choices[d.name].threshold:.6g} written to {path}", highlight=False)
             result = ev.evaluate(detectors, datasets, split=args.split, thresholds=thresholds, pairing=args.pairing,
-                                 progress=new_task, **options) if datasets else None
+                                 progress=new_task, perturbations=perturbations, **options) if datasets else None
             if reader is not None and result is not None:
                 from sid_edge.provenance import evaluation as pe
 
@@ -143,10 +179,8 @@ def run(args) -> int:
         for line in threshold_warnings(choices.values(), args.threshold_from, args.threshold_split,
                                        [(d.data, args.split) for d in datasets]):
             console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
-        if args.write_threshold:
-            for d in detectors:
-                path = ev.write_threshold(d, choices[d.name])
-                console.print(f"threshold {choices[d.name].threshold:.6g} written to {path}", highlight=False)
+    if not args.no_bias_check and datasets:
+        _bias_warnings(datasets, args.split)
     if result is None:
         path = _write_threshold_report(choices.values(), args.out)
         console.print(f"thresholds written to {path} (+ report.json)", highlight=False)
@@ -162,10 +196,47 @@ def run(args) -> int:
         for kind, reason in reader.unavailable.items():
             console.print(f"provenance: {kind} not checked: {reason}", highlight=False)
         pe.write_summary(provenance_groups, args.out)
-    files = ev.write_report(result, args.out)
+    if result.perturbed:
+        from sid_edge.tools.evaluation import perturbed as pt
+
+        out.print(_perturbed_table(result))
+        bands = pt.bands(result.perturbed, args.band_coverage)
+        for d in detectors:
+            b = bands[d.name]
+            console.print(f"{d.name}: uncertain band [{b.low:.6g}, {b.high:.6g}] around threshold {b.threshold:.6g} "
+                          f"({b.flips} of {b.pairs} image×perturbation pairs flipped)", highlight=False)
+            if args.write_band:
+                try:
+                    path = pt.write_band(d.directory, b, [r for r in result.perturbed if r.detector == d.name],
+                                         [x.data for x in datasets])
+                except ManifestError as e:
+                    raise ModelError(str(e)) from e
+                console.print(f"uncertain band written to {path}", highlight=False)
+    files = ev.write_report(result, args.out, band_coverage=args.band_coverage)
     console.print(f"report written to {Path(args.out) / 'report.md'} (+ report.json, scores.csv, "
                   f"{sum(name.endswith('.png') for name in files)} plots)", highlight=False)
     return EXIT_OK
+
+
+def _bias_warnings(datasets, split) -> None:
+    from sid_edge.robustness.bias import format_bias
+    from sid_edge.tools.datasets import read_labelled_images
+
+    for d in datasets:
+        for line in format_bias(read_labelled_images(d.data, split=split)):
+            console.print(f"[yellow]warning[/] {d.name}: {line}", highlight=False)
+
+
+def _perturbed_table(result):
+    from rich.table import Table
+
+    table = Table("detector", "dataset", "perturbation", "n", "AP", "acc.", "flip rate", "mean |Δp|", "max |Δp|",
+                  title="Under perturbation (flips against the unperturbed verdicts)")
+    for r in result.perturbed:
+        table.add_row(r.detector, r.dataset, r.perturbation.name, str(r.metrics.n), _fmt3(r.metrics.ap),
+                      _fmt3(r.metrics.accuracy), _fmt3(r.flips.flip_rate), _fmt3(r.flips.mean_abs_dp),
+                      _fmt3(r.flips.max_abs_dp))
+    return table
 
 
 def _threshold_table(choices):

@@ -56,6 +56,15 @@ def add_parser(sub) -> None:
     s.add_argument("--all-files", action="store_true",
                    help="give every file found in a folder a row (by default only image extensions are read and the "
                         "others are counted as skipped)")
+    r = s.add_argument_group("how far to trust a verdict")
+    r.add_argument("--no-band", action="store_true",
+                   help="ignore the artifact's uncertain band: only 'synthetic'/'real' (by default p_synthetic inside "
+                        "the band written by `evaluate --perturb … --write-band` gives 'uncertain')")
+    r.add_argument("--stability", type=int, default=0, metavar="N",
+                   help="also score N perturbed versions of each image (jpeg:75 resize:0.5 webp:80 crop:0.9 jpeg:50 "
+                        "blur:1.0 thumbnail:256 screenshot gray resize:0.25, the first N) and add stability_spread "
+                        "(max - min p_synthetic) and stability_flips (versions whose verdict differs); N+1 times the "
+                        "work (default: 0, off)")
     g = s.add_argument_group("provenance (evidence beside the score; never changes p_synthetic)")
     g.add_argument("--no-provenance", action="store_true",
                    help="no `provenance` field (by default each row lists C2PA, IPTC digital source type and generator "
@@ -101,6 +110,8 @@ def run(args) -> int:
         raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
     if args.top_concepts < 0:
         raise UsageError(f"--top-concepts {args.top_concepts}: must be >= 0")
+    if args.stability < 0:
+        raise UsageError(f"--stability {args.stability}: must be >= 0")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise UsageError(f"--threshold {args.threshold}: must be in [0, 1] (it applies to p_synthetic)")
     from sid_edge.streams.sources import discover_media, is_live_source
@@ -119,11 +130,22 @@ def run(args) -> int:
     model_dir = args.model if args.model is not None else default_model_dir()
     try:
         det = Detector.load(model_dir, precision=args.precision, backend=args.backend, threshold=args.threshold,
-                            allow_fallback=args.allow_fallback, device=args.device)
+                            allow_fallback=args.allow_fallback, device=args.device, use_band=not args.no_band)
     except (ManifestError, ValueError) as e:  # BackendUnavailable is a ValueError
         raise ModelError(str(e)) from e
     console.print(f"backend: {escape(det.backend_choice.summary())}", highlight=False)
     log.info("backend: %s", det.backend_choice.describe())
+    if det.band is not None:
+        console.print(f"uncertain band: p_synthetic in [{det.band[0]:.6g}, {det.band[1]:.6g}] reads 'uncertain' "
+                      f"(--no-band: off)", highlight=False)
+    if args.stability:
+        from sid_edge.robustness import attach_stability
+
+        try:
+            attach_stability(det, args.stability)
+        except ValueError as e:
+            det.close()
+            raise UsageError(str(e)) from e
     if not args.no_provenance:
         from sid_edge.provenance import attach
 
@@ -154,7 +176,8 @@ def run(args) -> int:
     skipped = sum(summary.skipped.values())
     console.print(
         f"{count(summary.files, 'row')}: {summary.scored} scored ({summary.synthetic} synthetic at threshold "
-        f"{det.threshold:g}), {count(summary.errors, 'error')}"
+        f"{det.threshold:g}" + (f", {summary.uncertain} uncertain" if det.band is not None else "")
+        + f"), {count(summary.errors, 'error')}"
         + (f", {summary.kept} kept from the earlier run" if summary.kept else "")
         + (f"; skipped {count(skipped, 'file')} that are not images ("
            + ", ".join(f"{n} {ext or '(no extension)'}" for ext, n in sorted(summary.skipped.items(), key=lambda kv: -kv[1]))

@@ -46,6 +46,15 @@ def add_parser(sub) -> None:
     t.add_argument("--batch-size", type=int, default=16, help="images per backbone batch during extraction (default: %(default)s)")
     t.add_argument("--cache-dir", default=None, help="feature cache folder (default: user cache dir)")
     t.add_argument("--no-cache", action="store_true", help="recompute features, do not read or write the cache")
+    a = t.add_argument_group("augmentation and bias (how far to trust a verdict)")
+    a.add_argument("--augment", default=None, metavar="PRESET", choices=["paper", "delivery"],
+                   help="train on features of augmented views: 'paper' (random resized crop 512 at scale 0.5-1, flip, "
+                        "JPEG 65-100) or 'delivery' (paper + blur + resize round trip); views are seeded by --seed and "
+                        "cached per view; validation stays on unaugmented images (default: none)")
+    a.add_argument("--augment-views", type=int, default=2, metavar="V",
+                   help="augmented views per training image (default: %(default)s)")
+    a.add_argument("--no-bias-check", action="store_true",
+                   help="do not check whether labels are predictable from file format, JPEG quality, size or EXIF")
     c = t.add_argument_group("concept model (--head-kind concepts)")
     c.add_argument("--vocabulary", default="default", metavar="FILE|default",
                    help="concept vocabulary CSV (sid-edge or clip-cues layout; default: the packaged one)")
@@ -76,6 +85,8 @@ def head_kind_of(args) -> str:
 
 
 def run(args) -> int:
+    if args.augment and args.augment_views < 1:
+        raise UsageError(f"--augment-views {args.augment_views}: must be >= 1")
     require_extra("train", "torch", "open_clip", "onnx")
     kind = head_kind_of(args)
     if kind == "orthogonal" and not 2 <= args.head_dim <= 16:
@@ -119,16 +130,36 @@ def run(args) -> int:
     for idx, reason in sorted(feats.errors.items()):
         console.print(f"[yellow]skipped[/] {items[idx].key}: {reason}", highlight=False)
     labels = np.asarray([items[i].label for i in feats.kept])
+    if not args.no_bias_check:
+        from sid_edge.robustness.bias import format_bias
+
+        for line in format_bias(items):
+            console.print(f"[yellow]warning[/] {args.data}: {line}", highlight=False)
     features = feats.embedding if kind == "concepts" else feats.pooled
     console.print(f"Training {what} on {len(labels)} images "
                   f"({int((labels == 0).sum())} real, {int((labels == 1).sum())} synthetic)", highlight=False)
+    validation, train_y = None, labels
+    if args.augment:
+        from sid_edge.build.features import augmented_training_set
+
+        try:
+            features, train_y, validation = augmented_training_set(
+                backbone, items, feats, args.augment, views=args.augment_views, seed=args.seed,
+                val_fraction=args.val_fraction, feature="embedding" if kind == "concepts" else "pooled",
+                batch_size=args.batch_size, cache_dir=args.cache_dir, use_cache=not args.no_cache)
+        except ValueError as e:
+            raise UsageError(f"{args.data}: {e}") from e
+        console.print(f"augmentation {args.augment}: {len(train_y)} training views, validation on "
+                      f"{len(validation[1])} unaugmented images", highlight=False)
     try:
-        head, report = train(kind, features, labels, config, **inputs)
+        head, report = train(kind, features, train_y, config, validation=validation, **inputs)
     except ValueError as e:
         raise UsageError(f"{args.data}: {e}") from e
     cfg = head_config(head, backbone.identity.to_dict(), vocabulary=vocabulary,
                       training={**report.to_dict(), "data": str(args.data), "skipped_images": len(feats.errors),
-                                "config": config.__dict__})
+                                "config": config.__dict__,
+                                **({"augment": {"preset": args.augment, "views": args.augment_views, "seed": args.seed}}
+                                   if args.augment else {})})
     save_head(head, cfg, args.out)
     if kind == "concepts":
         figures = (f"active gates per image {report.active_gates_initial:.1f} → {report.active_gates:.1f} of "

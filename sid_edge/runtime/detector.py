@@ -32,7 +32,8 @@ class Prediction:
     """One image's result.
 
     ``p_synthetic`` in [0,1] (sigmoid of ``logit``); ``prediction`` is "synthetic" when p_synthetic >= threshold,
-    else "real"; ``head_activations`` float32 [k]. For an image that could not be decoded, the scores are None,
+    else "real" — or "uncertain" when the detector has an uncertain band (manifest ``uncertain_band``, written by
+    ``evaluate --perturb … --write-band``) and p_synthetic lies inside it (p_synthetic itself is unchanged); ``head_activations`` float32 [k]. For an image that could not be decoded, the scores are None,
     ``prediction`` is None and ``error`` says why.
 
     Artifacts with a vocabulary add ``concept_scores`` float32 [C] (cosines, names in ``Detector.concept_names``)
@@ -88,13 +89,18 @@ class Detector:
 
     Build with :meth:`load`. ``threshold`` (on p_synthetic) defaults to the manifest's. ``top_concepts`` (default
     3) is how many top concepts each Prediction carries when the artifact has a vocabulary; set it before
-    predicting (0 for none; ``concept_scores`` always hold all C). ``provenance_reader`` (default None): a callable
+    predicting (0 for none; ``concept_scores`` always hold all C). ``stability_checker`` (default None): a callable
+    (source, Prediction) -> JSON-able dict stored in ``Prediction.extra["stability"]`` for each scored image (the
+    runtime knows only this interface; :func:`sid_edge.robustness.attach_stability` installs one).
+    ``provenance_reader`` (default None): a callable
     source -> list of JSON-able signal dicts set on each Prediction's ``provenance`` (the runtime knows only this
-    interface; :func:`sid_edge.provenance.attach` installs one).
+    interface; :func:`sid_edge.provenance.attach` installs one). ``band``: the uncertain band (low, high) on
+    p_synthetic in use, or None (no band in the manifest, switched off with ``use_band=False``, or a threshold
+    outside the band).
     """
 
     def __init__(self, directory: Path, manifest: Manifest, backend: Backend, precision: str, threshold: float | None = None,
-                 choice: BackendChoice | None = None):
+                 choice: BackendChoice | None = None, use_band: bool = True):
         self.directory = directory
         self.manifest = manifest
         self.backend = backend  # the Backend object; str(backend) is its name
@@ -108,6 +114,14 @@ class Detector:
         self.concept_names = manifest.concept_names
         self.top_concepts = DEFAULT_TOP_CONCEPTS
         self.provenance_reader = None
+        self.stability_checker = None
+        self.band: tuple[float, float] | None = None
+        b = manifest.uncertain_band
+        if use_band and b is not None and b.low < b.high:
+            if b.low <= self.threshold <= b.high:
+                self.band = (float(b.low), float(b.high))
+            else:
+                log.warning("uncertain band [%g, %g] ignored: threshold %g lies outside it", b.low, b.high, self.threshold)
 
     @classmethod
     def load(
@@ -121,6 +135,7 @@ class Detector:
         threads: int | None = None,
         allow_fallback: bool = False,
         device: str | None = None,
+        use_band: bool = True,
     ) -> "Detector":
         """Load an artifact written by ``sid-edge export``.
 
@@ -141,6 +156,8 @@ class Detector:
                 built for another TensorRT release or GPU architecture), run on ONNX Runtime (CUDA, else CPU)
                 instead of refusing.
             device: OpenVINO device (``CPU``, ``GPU``, ``NPU``, ``AUTO``; default ``CPU``); ignored by the others.
+            use_band: report "uncertain" for p_synthetic inside the manifest's ``uncertain_band`` (False: only
+                "synthetic"/"real").
 
         Raises:
             ManifestError: missing/malformed manifest, missing or altered model file, graph I/O that does not
@@ -155,7 +172,7 @@ class Detector:
                                       verify=verify, threads=threads, device=device)
         if choice.fallback:
             log.warning("backend %s", choice.describe())
-        return cls(d, manifest, runner, precision, threshold, choice)
+        return cls(d, manifest, runner, precision, threshold, choice, use_band=use_band)
 
     @property
     def backend_name(self) -> str:
@@ -190,7 +207,9 @@ class Detector:
         self.close()
 
     def label(self, p_synthetic: float) -> str:
-        """"synthetic" if p_synthetic >= threshold else "real"."""
+        """"uncertain" inside the band (low <= p <= high), else "synthetic" if p_synthetic >= threshold, else "real"."""
+        if self.band is not None and self.band[0] <= p_synthetic <= self.band[1]:
+            return "uncertain"
         return "synthetic" if p_synthetic >= self.threshold else "real"
 
     def predict_batches(
@@ -202,20 +221,24 @@ class Detector:
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> Iterable[list[Prediction]]:
         """Stream results batch by batch (in input order) while later images decode in worker threads."""
-        reader = self.provenance_reader
-        originals: dict[int, object] = {}  # inputs of the batches in flight, for the provenance reader
+        reader, checker = self.provenance_reader, self.stability_checker
+        originals: dict[int, object] = {}  # inputs of the batches in flight, for the provenance reader / checker
 
         def remember(items):
             for i, src in enumerate(items):
                 originals[i] = src
                 yield src
 
-        stream = remember(sources) if reader is not None else sources
+        stream = remember(sources) if reader is not None or checker is not None else sources
         for batch in iter_batches(stream, self.preprocessing, batch_size, workers=workers, max_pixels=max_pixels):
             preds = self._score(batch)
-            if reader is not None:
+            if reader is not None or checker is not None:
                 for item, pred in zip(batch.items, preds):
-                    pred.provenance = self._provenance(originals.pop(item.index))
+                    original = originals.pop(item.index)
+                    if reader is not None:
+                        pred.provenance = self._provenance(original)
+                    if checker is not None and pred.ok:
+                        pred.extra["stability"] = self._stability(original, pred)
             yield preds
 
     def predict(self, images, *, batch_size: int = 8, workers: int | None = None) -> list[Prediction]:
@@ -267,6 +290,13 @@ class Detector:
             results.get(it.index) or Prediction(it.source, None, None, None, None, error=it.error)
             for it in batch.items
         ]
+
+    def _stability(self, source, pred: Prediction) -> dict:
+        try:
+            return dict(self.stability_checker(source, pred))
+        except Exception as e:  # noqa: BLE001 - a checker must not cost a row; the row says why it has no figures
+            log.warning("stability checker failed on %r", source, exc_info=True)
+            return {"error": f"{type(e).__name__}: {e}"}
 
     def _provenance(self, source) -> list[dict]:
         try:

@@ -19,6 +19,11 @@ Hostile names and outputs:
   whose row is complete; a resumed scan keeps the rows of unchanged files, rescoring changed, new and unconfirmed
   ones, and never writes a file's row twice.
 
+Predictions are "uncertain" inside the detector's uncertain band (``Detector.band``, from the manifest). With a
+stability checker on the detector (``Detector.stability_checker``, see :mod:`sid_edge.robustness`), rows add
+``stability_spread`` (max − min p_synthetic over the image and its perturbed versions) and ``stability_flips``
+(perturbed versions whose verdict differs from the image's); JSONL rows carry the whole ``stability`` object.
+
 With a provenance reader on the detector (``Detector.provenance_reader``, see :mod:`sid_edge.provenance`), rows add
 ``provenance``: in CSV a ``kind:label;kind:label`` cell, in JSONL the list of signal objects.
 """
@@ -70,6 +75,7 @@ class ScanSummary:
     skipped: dict[str, int] = field(default_factory=dict)
     unreadable_folders: list[str] = field(default_factory=list)
     kept: int = 0
+    uncertain: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -99,17 +105,21 @@ def csv_safe(text: str) -> str:
 class ResultWriter:
     """Writes rows as CSV (header first) or JSONL (one object per line), chosen by ``fmt`` ("csv" | "jsonl").
     ``concepts``: add the ``top_concepts`` field (after the standard ones); ``provenance``: add the ``provenance``
-    field (last). ``header``: write the CSV header. ``video``: add ``frame`` and ``time_s`` after ``path`` (rows of
-    still images leave them empty in CSV and omit them in JSONL; see sid_edge.streams)."""
+    field (last); ``stability``: add ``stability_spread`` and ``stability_flips`` (before provenance). ``header``:
+    write the CSV header. ``video``: add ``frame`` and ``time_s`` after ``path`` (rows of still images leave them
+    empty in CSV and omit them in JSONL; see sid_edge.streams)."""
 
     def __init__(self, stream: IO[str], fmt: str, concepts: bool = False, provenance: bool = False, header: bool = True,
-                 video: bool = False):
+                 video: bool = False, stability: bool = False):
         if fmt not in ("csv", "jsonl"):
             raise ValueError(f"unknown output format {fmt!r}; use .csv or .jsonl")
         self.stream, self.fmt, self.concepts, self.provenance, self.video = stream, fmt, concepts, provenance, video
+        self.stability = stability
         if fmt == "csv":
             self.fields = (FIELDS[:1] + (("frame", "time_s") if video else ()) + FIELDS[1:]
-                           + (("top_concepts",) if concepts else ()) + (("provenance",) if provenance else ()))
+                           + (("top_concepts",) if concepts else ())
+                           + (("stability_spread", "stability_flips") if stability else ())
+                           + (("provenance",) if provenance else ()))
             self._csv = csv.DictWriter(stream, fieldnames=self.fields, lineterminator="\n")
             if header:
                 self._csv.writeheader()
@@ -130,6 +140,8 @@ class ResultWriter:
                 row["top_concepts"] = [h.to_dict() for h in pred.top_concepts]
                 if pred.concept_logit is not None:
                     row["concept_logit"] = pred.concept_logit
+            if self.stability:
+                row["stability"] = pred.extra.get("stability")
             if self.provenance:
                 row["provenance"] = pred.provenance or []
             self.stream.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -144,6 +156,10 @@ class ResultWriter:
             }
             if self.concepts:
                 row["top_concepts"] = csv_safe(format_csv_cell(pred.top_concepts))
+            if self.stability:
+                st = pred.extra.get("stability") or {}
+                row["stability_spread"] = "" if st.get("spread") is None else f"{st['spread']:.7g}"
+                row["stability_flips"] = "" if st.get("flips") is None else str(st["flips"])
             if self.provenance:
                 row["provenance"] = csv_safe(";".join(f"{s['kind']}:{s['label']}" for s in pred.provenance or []))
             self._csv.writerow(row)
@@ -305,6 +321,7 @@ def scan(
     fmt = output_format(out)
     concepts = bool(detector.concept_names) and top_concepts > 0
     provenance = detector.provenance_reader is not None
+    stability = detector.stability_checker is not None
     detector.top_concepts = top_concepts
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -318,7 +335,7 @@ def scan(
             # Start from exactly the rows worth keeping (written whole, then the sidecar that confirms them).
             stream.seek(0)
             stream.truncate(0)
-            writer = ResultWriter(stream, fmt, concepts=concepts, provenance=provenance)
+            writer = ResultWriter(stream, fmt, concepts=concepts, provenance=provenance, stability=stability)
             for record in kept.values():
                 writer.write_raw(record)
             stream.flush()
@@ -327,7 +344,7 @@ def scan(
             write_text_atomic(side_path, "".join(json.dumps({"key": k, "stamp": s}) + "\n" for k, s in stamps.items()))
             side = stack.enter_context(open(side_path, "a", encoding="utf-8"))
         if out is None:
-            writer = ResultWriter(stream, fmt, concepts=concepts, provenance=provenance)
+            writer = ResultWriter(stream, fmt, concepts=concepts, provenance=provenance, stability=stability)
         for folder, reason in found.unreadable:
             writer.write(folder, Prediction(folder, None, None, None, error=f"cannot list this folder ({reason})"))
             counts["errors"] += 1
@@ -340,6 +357,7 @@ def scan(
                     if pred.ok:
                         counts["scored"] += 1
                         counts["synthetic"] += pred.prediction == "synthetic"
+                        counts["uncertain"] += pred.prediction == "uncertain"
                     else:
                         counts["errors"] += 1
                 stream.flush()
@@ -351,4 +369,4 @@ def scan(
     rows = len(files) + len(found.unreadable)
     return ScanSummary(rows, counts["scored"], counts["synthetic"], counts["errors"], time.perf_counter() - start,
                        skipped=dict(found.skipped), unreadable_folders=[path_text(f) for f, _ in found.unreadable],
-                       kept=len(kept))
+                       kept=len(kept), uncertain=counts["uncertain"])

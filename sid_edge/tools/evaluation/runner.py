@@ -295,13 +295,17 @@ class _Scorer:
 
     def __init__(self, detectors: Sequence[DetectorUnderTest], *, batch_size: int, backend: str, workers: int | None,
                  cache_root: str | os.PathLike | None, use_cache: bool, progress: TaskFactory | None,
-                 own_graph: bool = False):
+                 own_graph: bool = False, perturbation=None):
         self.own_graph = own_graph
+        # A sid_edge.robustness Perturbation applied to every image after decoding (None: the images as they are).
+        # Its values are cached in their own namespace, keyed by the unperturbed one and the perturbation.
+        self.perturbation = perturbation
         self.groups: dict[str, list[DetectorUnderTest]] = {}
         for det in detectors:
             self.groups.setdefault(det.graph_namespace if own_graph else det.namespace, []).append(det)
         self.batch_size, self.backend, self.workers = batch_size, backend, workers
         self.cache_root, self.use_cache, self.progress = cache_root, use_cache, progress
+        self._hashes: dict = {}
         self._runners: dict[str, Detector] = {}
         self._checked: set[str] = set()
 
@@ -326,9 +330,14 @@ class _Scorer:
         lead = self.groups[namespace][0]
         fields = self.fields(namespace)
         shared = self.shared(namespace)
-        cache = ImageArrayCache(namespace, fields, self.cache_root, about={
-            "what": "backbone features (graph output `features`)" if shared else "logit and p_synthetic of one graph",
-            "artifact": str(lead.directory), "precision": lead.precision, "backbone": lead.manifest.backbone.to_dict()})
+        pert = self.perturbation
+        about = {"what": "backbone features (graph output `features`)" if shared else "logit and p_synthetic of one graph",
+                 "artifact": str(lead.directory), "precision": lead.precision, "backbone": lead.manifest.backbone.to_dict()}
+        cache_namespace = namespace
+        if pert is not None:
+            cache_namespace = namespace_for("perturbed", {"unperturbed": namespace, **pert.identity()})
+            about["perturbation"] = pert.identity()
+        cache = ImageArrayCache(cache_namespace, fields, self.cache_root, about=about)
         n = len(items)
         if self.use_cache:
             values, found, errors = cache.load(hashes)
@@ -342,6 +351,10 @@ class _Scorer:
             return _GroupValues(values, errors, 0, cached, None)
         det = self.runner(namespace)
         who = f"{lead.name} (features for {len(self.groups[namespace])} heads)" if shared else lead.name
+        if pert is not None:
+            from sid_edge.robustness.sources import PerturbedImage
+
+            who += f", {pert.name}"
         advance = self.progress(f"{dataset}: {who}", len(missing)) if self.progress else (lambda k=1: None)
         new_errors: dict[str, str] = {}
         done: list[int] = []
@@ -354,8 +367,10 @@ class _Scorer:
             done.clear()
             new_errors.clear()
 
-        for batch in iter_batches([items[i].image for i in missing], det.preprocessing, self.batch_size,
-                                  workers=self.workers):
+        sources = [items[i].image for i in missing]
+        if pert is not None:
+            sources = [PerturbedImage(src, pert) for src in sources]
+        for batch in iter_batches(sources, det.preprocessing, self.batch_size, workers=self.workers):
             for it in batch.items:
                 if it.error is not None:
                     errors[missing[it.index]] = it.error
@@ -396,7 +411,7 @@ class _Scorer:
         cannot be loaded or its head check fails."""
         items = read_labelled_images(data.data, split=split)
         read_split = split if any(it.split is not None for it in items) else None
-        hashes, unreadable = hash_images(items, self.progress, f"{data.name}: hashing {len(items)} images")
+        hashes, unreadable = self.hashes(data, split, items)
         out = {}
         for namespace, dets in self.groups.items():
             gv = self.group_values(namespace, items, hashes, unreadable, data.name)
@@ -428,6 +443,20 @@ class _Scorer:
                     scoring="features+head" if self.shared(namespace) else "graph",
                 )
         return out
+
+    def hashes(self, data: NamedData, split: str | None, items: Sequence[LabelledImage]):
+        """:func:`hash_images` of ``items``, computed once per (data, split) for this scorer and its copies."""
+        key = (data.data, split, len(items))
+        if key not in self._hashes:
+            self._hashes[key] = hash_images(items, self.progress, f"{data.name}: hashing {len(items)} images")
+        return self._hashes[key]
+
+    def with_perturbation(self, perturbation) -> "_Scorer":
+        """A scorer over the same groups, runners and hash memo that perturbs every image (None: none)."""
+        other = object.__new__(_Scorer)
+        other.__dict__.update(self.__dict__)  # shares groups, runners, checked heads and hashes
+        other.perturbation = perturbation
+        return other
 
     def close(self) -> None:
         for det in self._runners.values():
@@ -474,6 +503,9 @@ class Evaluation:
     thresholds: dict[str, float]
     threshold_choices: dict[str, ThresholdChoice] = field(default_factory=dict)
     split: str | None = None
+    #: With perturbations: one :class:`sid_edge.tools.evaluation.perturbed.PerturbedResult` per (detector, dataset,
+    #: perturbation), in that order.
+    perturbed: list = field(default_factory=list)
 
     def matrix(self, metric: str = "map") -> np.ndarray:
         """[detectors, datasets] matrix of ``metric`` ("map" or "ap")."""
@@ -525,8 +557,12 @@ def write_threshold(detector: DetectorUnderTest, choice: ThresholdChoice) -> Pat
 def evaluate(detectors: Sequence[DetectorUnderTest], datasets: Sequence[NamedData], *, split: str | None = "test",
              thresholds: dict[str, float] | None = None, pairing: str = "auto", batch_size: int = 8,
              backend: str = "auto", workers: int | None = None, cache_root: str | os.PathLike | None = None,
-             use_cache: bool = True, progress: TaskFactory | None = None) -> Evaluation:
+             use_cache: bool = True, progress: TaskFactory | None = None, perturbations: Sequence = ()) -> Evaluation:
     """Score every dataset with every detector and compute :class:`DetectionMetrics` per pair.
+
+    With ``perturbations`` (:class:`sid_edge.robustness.Perturbation`), every dataset is scored once more per
+    perturbation and ``Evaluation.perturbed`` holds metrics, flip rate and |Δp| per (detector, dataset,
+    perturbation) (:mod:`sid_edge.tools.evaluation.perturbed`).
 
     Args:
         detectors: from :func:`load_detector`; datasets: named datasets (their ``split``; datasets without splits
@@ -543,10 +579,14 @@ def evaluate(detectors: Sequence[DetectorUnderTest], datasets: Sequence[NamedDat
     scorer = _Scorer(detectors, batch_size=batch_size, backend=backend, workers=workers, cache_root=cache_root,
                      use_cache=use_cache, progress=progress)
     metrics, scored = {}, {}
+    perturbed_scores: dict[tuple[str, str, str], ScoredDataset] = {}
     try:
         for data in datasets:
             for name, s in scorer.score(data, split).items():
                 scored[(name, data.name)] = s
+            for pert in perturbations:
+                for name, s in scorer.with_perturbation(pert).score(data, split).items():
+                    perturbed_scores[(name, data.name, pert.name)] = s
     finally:
         scorer.close()
     for det in detectors:
@@ -554,8 +594,15 @@ def evaluate(detectors: Sequence[DetectorUnderTest], datasets: Sequence[NamedDat
             s = scored[(det.name, data.name)]
             metrics[(det.name, data.name)] = detection_metrics(s.labels, s.p_synthetic, thresholds[det.name],
                                                                s.sources, pairing)
+    perturbed = []
+    if perturbations:
+        from sid_edge.tools.evaluation.perturbed import compare
+
+        perturbed = [compare(scored[(det.name, data.name)], perturbed_scores[(det.name, data.name, pert.name)], pert,
+                             thresholds[det.name], pairing)
+                     for det in detectors for data in datasets for pert in perturbations]
     return Evaluation([d.name for d in detectors], [d.name for d in datasets], metrics, scored, thresholds,
-                      split=split)
+                      split=split, perturbed=perturbed)
 
 
 # ------------------------------------------------------------------------------------------------ reports
@@ -576,11 +623,15 @@ HOW_TO_READ = """## How to read this
 """
 
 
-def write_report(ev: Evaluation, out_dir: str | os.PathLike) -> dict[str, Path]:
+def write_report(ev: Evaluation, out_dir: str | os.PathLike, band_coverage: float = 1.0) -> dict[str, Path]:
     """Write ``report.md``, ``report.json``, ``scores.csv`` and PNG plots into ``out_dir`` (created):
     ``cross_dataset_map.png`` / ``cross_dataset_ap.png`` (heat maps), ``pr_<dataset>.png`` (one curve per
     detector), ``pr_<detector>__<dataset>.png`` (all images and one curve per generator against its paired real
     images), ``hist_<detector>__<dataset>.png`` (score histogram, real vs synthetic, threshold marked).
+
+    With perturbations (``ev.perturbed``): an "Under perturbation" section and the uncertain band per detector
+    (``band_coverage``, see :func:`sid_edge.robustness.derive_band`) in report.md/report.json, and
+    ``perturbation_<detector>.png`` (AP and flip rate against strength).
 
     Returns {name: path} of every file written."""
     out = Path(out_dir)
@@ -596,6 +647,13 @@ def write_report(ev: Evaluation, out_dir: str | os.PathLike) -> dict[str, Path]:
         for c in ev.threshold_choices.values():
             md += (f"| {c.detector} | {c.threshold:.6g} | {c.data}{f' ({c.split})' if c.split else ''} | {c.target_fpr:g} | "
                    f"{c.achieved_fpr:.4f} | {'–' if math.isnan(c.tpr) else f'{c.tpr:.4f}'} | {c.n_real} | {c.n_synthetic} |\n")
+    band_by_detector = {}
+    if ev.perturbed:
+        from sid_edge.tools.evaluation import perturbed as pt
+
+        band_by_detector = pt.bands(ev.perturbed, band_coverage)
+        p0 = {d: np.concatenate([s.p_synthetic for (det, _), s in ev.scored.items() if det == d]) for d in ev.detectors}
+        md += pt.markdown(ev.perturbed, ev.metrics, band_by_detector, p0)
     files["report.md"] = out / "report.md"
     files["report.md"].write_text(md, encoding="utf-8")
     extra = {k: {"excluded_calibration_images": s.excluded_calibration, "failed_images": len(s.failed),
@@ -606,6 +664,10 @@ def write_report(ev: Evaluation, out_dir: str | os.PathLike) -> dict[str, Path]:
     report["split"] = ev.split
     report["thresholds"] = ev.thresholds
     report["threshold_choices"] = {k: {"threshold": c.threshold, **c.to_manifest()} for k, c in ev.threshold_choices.items()}
+    if ev.perturbed:
+        report["perturbed"] = [r.to_dict() for r in ev.perturbed]
+        report["uncertain_bands"] = {d: pt.band_record(b, [r for r in ev.perturbed if r.detector == d], ev.datasets)
+                                     for d, b in band_by_detector.items()}
     files["report.json"] = write_json(report, out / "report.json")
     files["scores.csv"] = _write_scores(ev, out / "scores.csv")
     for metric in ("map", "ap"):
@@ -629,6 +691,9 @@ def write_report(ev: Evaluation, out_dir: str | os.PathLike) -> dict[str, Path]:
                                          thresholds={"all": m.threshold})
             name = f"hist_{_slug(det)}__{_slug(ds)}.png"
             files[name] = plot_score_histogram(s.labels, s.p_synthetic, m.threshold, f"{det} on {ds}", out / name)
+    for det in (ev.detectors if ev.perturbed else []):
+        name = f"perturbation_{_slug(det)}.png"
+        files[name] = pt.plot(ev.perturbed, ev.metrics, det, out / name)
     return files
 
 
