@@ -84,6 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backend", default="auto", help="evaluation backend: auto, tensorrt, cuda, cpu (default: %(default)s)")
     p.add_argument("--split", default="test", help="split the table is measured on (default: %(default)s)")
     p.add_argument("--retrain", action="store_true", help="train and export again even where heads/artifacts exist")
+    p.add_argument("--perturb", nargs="*", default=None, metavar="SPEC",
+                   help="also measure AP and the flip rate under these perturbations (sid-edge evaluate --perturb; "
+                        "no SPEC: the default set); the table goes into the report's 'Under perturbation' section")
     return p.parse_args(argv)
 
 
@@ -159,16 +162,21 @@ def export_heads(backbone, heads: dict[str, Path], out: Path, *, retrain: bool =
 
 
 def evaluate_all(artifacts: dict[str, Path], datasets: dict[str, str], out: Path, *, split: str = "test",
-                 batch_size: int = 32, backend: str = "auto"):
+                 batch_size: int = 32, backend: str = "auto", perturb: list[str] | None = None):
     """``sid-edge evaluate`` every artifact on every dataset's ``split``; writes ``out/report``. Returns the
     :class:`sid_edge.tools.evaluation.runner.Evaluation`."""
     from sid_edge.tools.evaluation.runner import NamedData, evaluate, load_detector, write_report
     from sid_edge.runtime.progress import progress_tasks
 
+    perturbations = []
+    if perturb is not None:
+        from sid_edge.robustness import DEFAULT_PERTURBATIONS, parse_perturbations
+
+        perturbations = parse_perturbations(perturb or DEFAULT_PERTURBATIONS)
     detectors = [load_detector(name, path) for name, path in artifacts.items()]
     with progress_tasks() as new_task:
         result = evaluate(detectors, [NamedData(n, d) for n, d in datasets.items()], split=split,
-                          batch_size=batch_size, backend=backend, progress=new_task)
+                          batch_size=batch_size, backend=backend, progress=new_task, perturbations=perturbations)
     write_report(result, out / "report")
     return result
 
@@ -241,7 +249,7 @@ def main(argv=None) -> int:
     artifacts = export_heads(backbone, heads, args.out, retrain=args.retrain)
     del backbone  # evaluation runs the exported graphs, not PyTorch
     result = evaluate_all(artifacts, datasets, args.out, split=args.split, batch_size=args.batch_size,
-                          backend=args.backend)
+                          backend=args.backend, perturb=args.perturb)
     for table in comparison_tables(result, args.heads):
         console.print(table)
     rows = comparison(result, args.heads)

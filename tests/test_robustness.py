@@ -360,3 +360,22 @@ def test_train_augment_cli(small_data, tmp_path, capsys):
     assert "training views" in captured.err
     report = json.loads(captured.out.strip().splitlines()[-1])
     assert report["n_val"] >= 2
+
+
+def test_hostile_inputs_become_item_errors(tmp_path):
+    from sid_edge.artifact.preprocessing import Preprocessing
+    from sid_edge.runtime.batching import iter_batches
+    from sid_edge.runtime.images import ImageDecodeError
+
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a JPEG")
+    pert = parse_perturbation("resize:4")
+    with pytest.raises(ImageDecodeError, match="corrupt|cannot|truncated|no pixel"):
+        PerturbedImage(str(tmp_path / "bad.jpg"), pert).resolve_image()
+    big = Image.new("RGB", (6000, 5000))
+    with pytest.raises(ImageDecodeError, match="more than"):
+        PerturbedImage(big, pert).resolve_image()
+    spec = Preprocessing(size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    good = _encoded(_photo(), "PNG")
+    sources = [PerturbedImage(str(tmp_path / "bad.jpg"), pert), PerturbedImage(good, parse_perturbation("gray"))]
+    items = [it for b in iter_batches(sources, spec, 2, workers=1) for it in b.items]
+    assert items[0].error and items[1].error is None and items[1].pixels.shape[0] == 3

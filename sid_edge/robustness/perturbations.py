@@ -34,6 +34,8 @@ import numpy as np
 import PIL
 from PIL import Image
 
+from sid_edge.runtime.images import DEFAULT_MAX_PIXELS
+
 __all__ = ["Perturbation", "parse_perturbation", "parse_perturbations", "FAMILIES", "library_versions",
            "DEFAULT_PERTURBATIONS"]
 
@@ -53,8 +55,8 @@ FAMILIES: dict[str, tuple[str, float, float, float, bool] | None] = {
 DEFAULT_PERTURBATIONS = ("jpeg:90", "jpeg:75", "jpeg:40", "webp:80", "resize:0.5", "resize:0.25", "thumbnail:128",
                          "crop:0.8", "gray", "blur:1.0", "screenshot")
 
-#: Longest side a perturbation may produce (resize up is bounded like a decoded image).
-MAX_SIDE = 16384
+#: Most pixels a perturbation may produce (resize up is bounded like a decoded image: the decoder's bomb limit).
+MAX_PIXELS = DEFAULT_MAX_PIXELS
 
 
 def library_versions() -> dict[str, str]:
@@ -101,7 +103,7 @@ class Perturbation:
     def apply(self, image: Image.Image) -> Image.Image:
         """The perturbed image, mode "RGB". ``image`` must be mode "RGB" (what the runtime decoder returns).
 
-        Raises ValueError for another mode or when the result would be empty or larger than :data:`MAX_SIDE`."""
+        Raises ValueError for another mode or when the result would have more than :data:`MAX_PIXELS` pixels."""
         if image.mode != "RGB":
             raise ValueError(f"{self.name}: expected an RGB image, got mode {image.mode}")
         w, h = image.size
@@ -141,8 +143,8 @@ class Perturbation:
 
 def _scaled(w: int, h: int, factor: float, name: str) -> tuple[int, int]:
     nw, nh = max(1, round(w * factor)), max(1, round(h * factor))
-    if max(nw, nh) > MAX_SIDE:
-        raise ValueError(f"{name}: a {w}x{h} image would become {nw}x{nh}, more than {MAX_SIDE} px a side")
+    if nw * nh > MAX_PIXELS:
+        raise ValueError(f"{name}: a {w}x{h} image would become {nw}x{nh}, more than {MAX_PIXELS} pixels")
     return nw, nh
 
 

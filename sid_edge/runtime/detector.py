@@ -81,6 +81,8 @@ class Prediction:
             out["concept_contributions"] = floats(self.concept_contributions)
         if self.provenance is not None:
             out["provenance"] = self.provenance
+        if "stability" in self.extra:
+            out["stability"] = self.extra["stability"]
         return out
 
 
