@@ -5,6 +5,7 @@ API, --no-band), scan --stability, augmentation seeded per view, the format-bias
 import csv
 import io
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -379,3 +380,31 @@ def test_hostile_inputs_become_item_errors(tmp_path):
     sources = [PerturbedImage(str(tmp_path / "bad.jpg"), pert), PerturbedImage(good, parse_perturbation("gray"))]
     items = [it for b in iter_batches(sources, spec, 2, workers=1) for it in b.items]
     assert items[0].error and items[1].error is None and items[1].pixels.shape[0] == 3
+
+
+def test_random_resized_crop_matches_torchvision():
+    """The paper's crop is torchvision's RandomResizedCrop: same box -> same pixels as F.resized_crop (PIL path)."""
+    tvf = pytest.importorskip("torchvision.transforms.functional")
+    from torchvision.transforms import InterpolationMode
+
+    from sid_edge.robustness.augment import _random_resized_crop
+
+    im = _photo(1, (300, 200))
+    boxes = []
+    for s in range(5):
+        rng = np.random.default_rng(s)
+        ours = _random_resized_crop(im, rng, (0.5, 1.0), (3 / 4, 4 / 3), 512)
+        # Replay the same draws to get the box (torchvision's get_params order: area, log-ratio, top, left).
+        rng = np.random.default_rng(s)
+        for _ in range(10):
+            target = 300 * 200 * rng.uniform(0.5, 1.0)
+            r = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+            w, h = int(round(math.sqrt(target * r))), int(round(math.sqrt(target / r)))
+            if 0 < w <= 300 and 0 < h <= 200:
+                top, left = int(rng.integers(0, 200 - h + 1)), int(rng.integers(0, 300 - w + 1))
+                break
+        boxes.append((top, left, h, w))
+        theirs = tvf.resized_crop(im, top, left, h, w, [512, 512], InterpolationMode.BILINEAR, antialias=True)
+        assert np.array_equal(np.asarray(ours), np.asarray(theirs))
+        assert 0.5 * 300 * 200 * 0.98 <= h * w <= 300 * 200
+    assert len(set(boxes)) == 5

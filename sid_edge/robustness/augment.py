@@ -94,7 +94,7 @@ def _random_resized_crop(image: Image.Image, rng: np.random.Generator, scale, ra
             cw, ch = w, h
         top, left = (h - ch) // 2, (w - cw) // 2
         box = (left, top, left + cw, top + ch)
-    return image.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    return image.crop(box).resize((size, size), Image.Resampling.BILINEAR)  # torchvision resized_crop: crop, then resize
 
 
 PRESETS = {
