@@ -408,3 +408,26 @@ def test_random_resized_crop_matches_torchvision():
         assert np.array_equal(np.asarray(ours), np.asarray(theirs))
         assert 0.5 * 300 * 200 * 0.98 <= h * w <= 300 * 200
     assert len(set(boxes)) == 5
+
+
+def test_service_reports_uncertain_inside_the_band(artifact, small_data, tmp_path):
+    pytest.importorskip("fastapi")
+    from starlette.testclient import TestClient
+
+    from sid_edge.service.app import create_app
+    from sid_edge.service.core import BatchingDetector
+
+    d = tmp_path / "det"
+    shutil.copytree(artifact, d)
+    image = sorted((small_data / "real").iterdir())[0]
+    with Detector.load(d) as det:
+        p = det.predict(str(image))[0].p_synthetic
+    set_threshold(d, p)
+    set_uncertain_band(d, {"low": max(0.0, p - 0.01), "high": min(1.0, p + 0.01), "threshold": p, "method": "test"})
+    for use_band, expected in ((True, "uncertain"), (False, "synthetic")):
+        core = BatchingDetector(Detector.load(d, backend="cpu", use_band=use_band), max_wait_ms=1)
+        with TestClient(create_app(core)) as c:
+            r = c.post("/v1/detect", content=image.read_bytes(), headers={"Content-Type": "image/jpeg"})
+        res = r.json()["results"][0]
+        assert r.status_code == 200 and res["prediction"] == expected
+        assert res["p_synthetic"] == pytest.approx(p, abs=1e-6)

@@ -97,7 +97,8 @@ class ImageResult(BaseModel):
     name: str | None = Field(None, description="the multipart part's file name, else null")
     p_synthetic: float | None = Field(None, description="probability the image is synthetic, sigmoid(logit)")
     logit: float | None = None
-    prediction: str | None = Field(None, description='"synthetic" when p_synthetic >= threshold, else "real"')
+    prediction: str | None = Field(None, description='"synthetic" when p_synthetic >= threshold, else "real"; '
+                                     '"uncertain" inside the artifact\'s uncertain band (manifest uncertain_band)')
     threshold: float = Field(description="decision threshold on p_synthetic")
     error: str | None = Field(None, description="why the image was not scored; null when scored")
     top_concepts: list[Concept] | None = Field(
