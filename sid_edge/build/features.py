@@ -8,6 +8,7 @@ one misses.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -66,10 +67,13 @@ def extract_features(
     ``paths``: image files, encoded bytes, or dataset references (:class:`sid_edge.tools.datasets.ImageRef`).
 
     Images that fail to decode are skipped and reported in ``Features.errors`` (index -> reason); they never
-    stop the run. The cache stores the result for the exact (backbone identity, image contents) pair.
+    stop the run. The cache stores the result for the exact (backbone identity, preprocessing rule, image contents)
+    triple; ``backbone.preprocessing`` is the rule applied (set it to train on another pipeline).
     """
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     digest = hashlib.sha256(backbone.identity.key.encode())
+    # Features depend on the preprocessing pipeline too (bilinear vs bicubic, crop offset): key on the whole rule.
+    digest.update(json.dumps(backbone.preprocessing.to_dict(), sort_keys=True).encode())
     for p in paths:
         digest.update(_content_hash(p).encode())
     shard = cache / backbone.identity.key / f"{digest.hexdigest()[:32]}.npz"

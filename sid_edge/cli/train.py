@@ -46,6 +46,10 @@ def add_parser(sub) -> None:
     t.add_argument("--batch-size", type=int, default=16, help="images per backbone batch during extraction (default: %(default)s)")
     t.add_argument("--cache-dir", default=None, help="feature cache folder (default: user cache dir)")
     t.add_argument("--no-cache", action="store_true", help="recompute features, do not read or write the cache")
+    t.add_argument("--preprocessing", default=None, choices=["clip-cues", "hf-clip", "open_clip"],
+                   help="pipeline the features are extracted with, recorded in the head and served by its artifact "
+                        "(default: the paper's for the head kind: clip-cues' bilinear transform for orthogonal/linear "
+                        "heads, Hugging Face's CLIPImageProcessor for concept models)")
     c = t.add_argument_group("concept model (--head-kind concepts)")
     c.add_argument("--vocabulary", default="default", metavar="FILE|default",
                    help="concept vocabulary CSV (sid-edge or clip-cues layout; default: the packaged one)")
@@ -95,6 +99,11 @@ def run(args) -> int:
     from sid_edge.build.training import train
 
     backbone = load_backbone_or_fail(args.clip_model, args.clip_pretrained)
+    from sid_edge.artifact.preprocessing import Preprocessing
+
+    pipeline = args.preprocessing or ("hf-clip" if kind == "concepts" else "clip-cues")
+    base = backbone.preprocessing
+    backbone.preprocessing = Preprocessing.for_pipeline(pipeline, base.size, base.mean, base.std)
     inputs, vocabulary = {}, None
     if kind == "concepts":
         from sid_edge.build.concept_directions import build_concept_set
@@ -129,6 +138,7 @@ def run(args) -> int:
     cfg = head_config(head, backbone.identity.to_dict(), vocabulary=vocabulary,
                       training={**report.to_dict(), "data": str(args.data), "skipped_images": len(feats.errors),
                                 "config": config.__dict__})
+    cfg.preprocessing = backbone.preprocessing.to_dict()  # the pipeline its features were extracted with
     save_head(head, cfg, args.out)
     if kind == "concepts":
         figures = (f"active gates per image {report.active_gates_initial:.1f} → {report.active_gates:.1f} of "
