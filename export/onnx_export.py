@@ -226,7 +226,8 @@ def export_detector(
     # export leaves no half-written artifact (and no folder that makes the rerun refuse as "not empty").
     out = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
     try:
-        typed = _export_into(out, backbone, head, head_cfg, concepts, parity_images, threshold)
+        typed = _export_into(out, backbone, head, head_cfg, concepts, parity_images, threshold, spec=spec,
+                             concept_model=concept_model)
         if final.exists():
             shutil.rmtree(final) if final.is_dir() else final.unlink()
         os.replace(out, final)
@@ -243,8 +244,9 @@ def _check_finite_head(head: nn.Module, where: str) -> None:
 
 
 def _export_into(out: Path, backbone: Backbone, head: nn.Module, head_cfg: HeadConfig, concepts, parity_images,
-                 threshold: float | None):
-    """Write the artifact's files and manifest into ``out`` (a fresh folder). Returns the typed manifest."""
+                 threshold: float | None, *, spec: Preprocessing, concept_model: str | os.PathLike | None = None):
+    """Write the artifact's files and manifest into ``out`` (a fresh folder), served with preprocessing ``spec``.
+    Returns the typed manifest."""
     fused = FusedDetector(backbone, head, concepts.module if concepts else None)
     onnx_path = out / MODEL_FILE
     _export_onnx(fused, onnx_path, spec.size)

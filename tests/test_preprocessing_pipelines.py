@@ -309,3 +309,17 @@ def test_train_records_the_pipeline_its_features_used_and_the_cache_keys_on_it(d
     with np.load(shards[0]) as x, np.load(shards[1]) as y:
         assert x["pooled"].shape == y["pooled"].shape
         assert float(np.abs(x["pooled"] - y["pooled"]).max()) > 0
+
+
+def test_head_json_with_a_bad_rule_is_refused_naming_the_field(trained_head, tmp_path):
+    pytest.importorskip("torch")
+    from sid_edge.build.heads import load_head
+
+    head = _head_with_rule(trained_head, tmp_path / "head", "clip-cues", 64)
+    import json
+
+    raw = json.loads((head / "head.json").read_text())
+    raw["preprocessing"]["crop_offset"] = "ceil"
+    (head / "head.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=r"head.json: preprocessing: Preprocessing.crop_offset"):
+        load_head(head)
