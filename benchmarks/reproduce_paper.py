@@ -139,7 +139,7 @@ def train_heads(backbone, name: str, data: str, out: Path, *, kinds=HEAD_KINDS, 
             f"{report.n_train} train / {report.n_val} validation images"
             + ("" if validation else ", validation drawn from train") + ")")
         cfg = HeadConfig(kind=kind, k=config.k, feature_dim=backbone.feature_dim, backbone=backbone.identity.to_dict(),
-                         source="benchmarks/reproduce_paper.py",
+                         source="benchmarks/reproduce_paper.py", preprocessing=backbone.preprocessing.to_dict(),
                          training={**report.to_dict(), "data": str(data), "config": config.__dict__,
                                    "early_stopping_on": "validation split" if validation else "20 % of train"})
         save_head(head, cfg, dirs[kind])
@@ -240,6 +240,12 @@ def main(argv=None) -> int:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     backbone = load_backbone(args.clip_model, args.clip_pretrained, device=device)
+    from sid_edge.artifact.preprocessing import Preprocessing
+
+    # The paper's pipeline for its heads (clip-cues' torchvision transform: bilinear resize, round crop offset):
+    # features are extracted, heads recorded and artifacts served with it.
+    base = backbone.preprocessing
+    backbone.preprocessing = Preprocessing.for_pipeline("clip-cues", base.size, base.mean, base.std)
     heads = {}
     for name, data in datasets.items():
         backbone.to(device)

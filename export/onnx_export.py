@@ -34,7 +34,8 @@ from sid_edge.artifact.names import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED,
 from sid_edge.build.backbone import Backbone, load_backbone
 from sid_edge.build.concept_directions import DEFAULT_TEMPLATE, plan_concepts
 from sid_edge.runtime.numpy_head import HEAD_ARRAYS, save_head_weights
-from sid_edge.build.heads import HeadConfig, load_head
+from sid_edge.artifact.preprocessing import Preprocessing
+from sid_edge.build.heads import HeadConfig, head_preprocessing, load_head
 from sid_edge.runtime.images import load_and_preprocess
 from sid_edge.artifact.manifest import (
     ARTIFACT_FORMAT,
@@ -138,10 +139,12 @@ def measure_parity(model: FusedDetector, onnx_path: Path, pixel_values: np.ndarr
     }
 
 
-def parity_inputs(backbone: Backbone, images: Sequence[str | os.PathLike] = (), n_random: int = 2, seed: int = 0) -> np.ndarray:
+def parity_inputs(backbone: Backbone, images: Sequence[str | os.PathLike] = (), n_random: int = 2, seed: int = 0,
+                  spec: Preprocessing | None = None) -> np.ndarray:
     """Preprocessed ``images`` plus ``n_random`` random images (uint8 noise through the same preprocessing),
-    stacked as float32 [N,3,S,S]. Images that fail to decode are skipped."""
-    spec = backbone.preprocessing
+    stacked as float32 [N,3,S,S], preprocessed by ``spec`` (default: the backbone's rule). Images that fail to
+    decode are skipped."""
+    spec = spec or backbone.preprocessing
     arrays = []
     for p in images:
         try:
@@ -169,6 +172,7 @@ def export_detector(
     vocabulary: str | os.PathLike | Sequence | None = "default",
     concept_model: str | os.PathLike | None = None,
     prompt_template: str = DEFAULT_TEMPLATE,
+    preprocessing: str | None = None,
 ) -> dict:
     """Write a detector artifact (``manifest.json`` + ``model.fp32.onnx``) to ``out_dir``; return the manifest.
 
@@ -186,6 +190,15 @@ def export_detector(
             ``concept_logit`` and ``concept_contributions`` join the graph next to the head's logit. When
             ``head_path`` itself is a concept model, the artifact's logit is the concept logit.
         prompt_template: ``str.format`` template applied to every prompt (default ``"{}"``: verbatim).
+        preprocessing: the pipeline the artifact serves: None or ``"head"`` (default) = the rule the head was
+            trained with (:func:`sid_edge.build.heads.head_preprocessing`: clip-cues' bilinear transform for the
+            paper's orthogonal/linear heads, Hugging Face's processor for its concept model, the recorded rule for
+            heads from ``sid-edge train``), or a name in :data:`sid_edge.artifact.preprocessing.PIPELINES` to
+            override it (mean/std stay the backbone's).
+
+    With a separate ``concept_model`` trained on another pipeline than the one served, the concept outputs'
+    deviation from their own pipeline is measured on the parity inputs and recorded in
+    ``concept_model.preprocessing`` (the graph keeps ONE input: a second one would run the vision tower twice).
 
     Also writes ``explanation.npz`` (the weights ``sid-edge explain`` reads) when the artifact has concepts, and
     ``head.npz`` (the head as float32 arrays, :mod:`sid_edge.runtime.numpy_head`) for orthogonal and linear heads.
@@ -201,6 +214,7 @@ def export_detector(
         model_name = clip_model or head_cfg.backbone.get("model_name") or DEFAULT_CLIP_MODEL
         pretrained = clip_pretrained or head_cfg.backbone.get("pretrained") or DEFAULT_CLIP_PRETRAINED
         backbone = load_backbone(model_name, pretrained)
+    spec = serving_preprocessing(head_cfg, backbone, preprocessing)
     _check_head_matches(head_cfg, backbone)
     concepts = plan_concepts(backbone, head, head_cfg, vocabulary=vocabulary, concept_model=concept_model,
                              template=prompt_template)
@@ -212,7 +226,8 @@ def export_detector(
     # export leaves no half-written artifact (and no folder that makes the rerun refuse as "not empty").
     out = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
     try:
-        typed = _export_into(out, backbone, head, head_cfg, concepts, parity_images, threshold)
+        typed = _export_into(out, backbone, head, head_cfg, concepts, parity_images, threshold, spec=spec,
+                             concept_model=concept_model)
         if final.exists():
             shutil.rmtree(final) if final.is_dir() else final.unlink()
         os.replace(out, final)
@@ -229,15 +244,20 @@ def _check_finite_head(head: nn.Module, where: str) -> None:
 
 
 def _export_into(out: Path, backbone: Backbone, head: nn.Module, head_cfg: HeadConfig, concepts, parity_images,
-                 threshold: float | None):
-    """Write the artifact's files and manifest into ``out`` (a fresh folder). Returns the typed manifest."""
+                 threshold: float | None, *, spec: Preprocessing, concept_model: str | os.PathLike | None = None):
+    """Write the artifact's files and manifest into ``out`` (a fresh folder), served with preprocessing ``spec``.
+    Returns the typed manifest."""
     fused = FusedDetector(backbone, head, concepts.module if concepts else None)
     onnx_path = out / MODEL_FILE
-    _export_onnx(fused, onnx_path, backbone.preprocessing.size)
+    _export_onnx(fused, onnx_path, spec.size)
     import onnx
 
     onnx.checker.check_model(str(onnx_path))  # path form: works with external data too
-    parity = measure_parity(fused, onnx_path, parity_inputs(backbone, parity_images))
+    parity = measure_parity(fused, onnx_path, parity_inputs(backbone, parity_images, spec=spec))
+    concept_block = concepts.concept_model if concepts else None
+    if concept_block is not None and concept_model is not None:
+        concept_block = {**concept_block, "preprocessing": concept_model_deviation(
+            fused, backbone, load_head(concept_model)[1], spec, parity_images)}
     if not all(np.isfinite(v) for v in parity.values() if isinstance(v, float)):
         raise ValueError(f"{out.parent}: the exported graph gives non-finite outputs (parity {parity}); refusing to "
                          f"write an artifact that would score NaN")
@@ -255,7 +275,7 @@ def _export_into(out: Path, backbone: Backbone, head: nn.Module, head_cfg: HeadC
         "schema_version": SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "backbone": ident.to_dict(),
-        "preprocessing": backbone.preprocessing.to_dict(),
+        "preprocessing": spec.to_dict(),
         # How files become RGB uint8 before preprocessing (sid_edge.runtime.images.decode_image).
         "decoding": {
             "decoder": "Pillow",
@@ -270,12 +290,15 @@ def _export_into(out: Path, backbone: Backbone, head: nn.Module, head_cfg: HeadC
             "feature": head_cfg.feature,
             "source": head_cfg.source,
             "trained_on_backbone": head_cfg.backbone,
+            # The pipeline the head was trained with (the artifact serves "preprocessing"; they differ only when
+            # export was told to override it).
+            "trained_with_preprocessing": head_preprocessing(head_cfg, backbone.preprocessing).pipeline,
             "training": head_cfg.training,
             # The head as plain arrays, so evaluation can apply it to the graph's `features` output in numpy.
             "weights": _write_head_weights(out, head, head_cfg.kind),
         },
         "vocabulary": concepts.vocabulary if concepts else None,  # concept names, prompts and the score rule
-        "concept_model": concepts.concept_model if concepts else None,
+        "concept_model": concept_block,
         "threshold": float(threshold if threshold is not None else head_cfg.threshold),
         "threshold_on": "p_synthetic",
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, ident.image_size, ident.image_size], "dtype": "float32"},
@@ -297,6 +320,49 @@ def _export_into(out: Path, backbone: Backbone, head: nn.Module, head_cfg: HeadC
     typed = parse_manifest(manifest, out / MANIFEST_NAME)
     write_manifest(out, typed)
     return typed
+
+
+def serving_preprocessing(head_cfg: HeadConfig, backbone: Backbone, override: str | None = None) -> Preprocessing:
+    """The preprocessing rule an artifact serves: the head's own (:func:`head_preprocessing`) or, with
+    ``override`` a name in :data:`PIPELINES`, that pipeline at the backbone's size and mean/std.
+
+    Raises ValueError for an unknown ``override`` or an invalid recorded rule."""
+    if override in (None, "head"):
+        return head_preprocessing(head_cfg, backbone.preprocessing)
+    base = backbone.preprocessing
+    rule = Preprocessing.for_pipeline(override, base.size, base.mean, base.std)
+    trained = head_preprocessing(head_cfg, base)
+    if rule != trained:
+        log.warning("serving the %s pipeline, but the head was trained with %s: scores can move (issue 10 measured "
+                    "up to 1.9e-3 in p_synthetic for bilinear vs bicubic)", rule.pipeline, trained.pipeline)
+    return rule
+
+
+def concept_model_deviation(fused: FusedDetector, backbone: Backbone, concept_cfg: HeadConfig, served: Preprocessing,
+                            images: Sequence[str | os.PathLike] = (), n_random: int = 2) -> dict:
+    """How far the concept model's outputs move when it is served with ``served`` instead of its own pipeline.
+
+    Runs ``fused`` (PyTorch, FP32) on the parity ``images`` plus ``n_random`` random images under both rules and
+    returns ``{"pipeline" (the model's own), "served_with", "inputs", "max_abs_concept_logit_diff",
+    "max_abs_concept_probability_diff"}`` (probability = sigmoid(concept_logit)); the differences are 0.0 without
+    computing when the two rules are the same. On random images and on images whose two crop offsets agree the
+    deviation is the resampling filter's alone.
+    """
+    own = head_preprocessing(concept_cfg, backbone.preprocessing)
+    block = {"pipeline": own.pipeline, "served_with": served.pipeline}
+    if own == served:
+        return {**block, "inputs": 0, "max_abs_concept_logit_diff": 0.0, "max_abs_concept_probability_diff": 0.0}
+    names = list(fused.output_names)
+    at = names.index("concept_logit")
+    logits = []
+    for rule in (served, own):
+        x = parity_inputs(backbone, images, n_random=n_random, spec=rule)
+        with torch.inference_mode():
+            logits.append(fused(torch.from_numpy(x))[at].double())
+    d_logit = (logits[0] - logits[1]).abs().max().item()
+    d_prob = (torch.sigmoid(logits[0]) - torch.sigmoid(logits[1])).abs().max().item()
+    return {**block, "inputs": int(logits[0].shape[0]), "max_abs_concept_logit_diff": float(d_logit),
+            "max_abs_concept_probability_diff": float(d_prob)}
 
 
 def _write_head_weights(out: Path, head: nn.Module, kind: str) -> dict | None:

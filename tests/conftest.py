@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+# ../shared beside the checkout (/work/main -> /work/shared); SID_EDGE_SHARED points elsewhere (git worktrees).
+SHARED = Path(os.environ.get("SID_EDGE_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 CLIP_CUES_FIXTURES = SHARED / "fixtures" / "clip-cues"
 CLIP_CUES_SAMPLES = SHARED / "samples" / "clip-cues"
 

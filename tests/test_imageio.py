@@ -546,15 +546,18 @@ def test_preprocessing_round_trip():
     spec = Preprocessing(size=336, mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))
     d = spec.to_dict()
     assert d == {
+        "pipeline": "open_clip",
         "size": 336,
         "mean": [0.48145466, 0.4578275, 0.40821073],
         "std": [0.26862954, 0.26130258, 0.27577711],
         "interpolation": "bicubic",
         "resize_mode": "shortest",
+        "crop_offset": "round",
         "colour_order": "RGB",
         "crop": "center",
         "value_range": "0-1 then (x-mean)/std",
         "layout": "NCHW float32",
+        "rgb_conversion": "before resize",
     }
     back = Preprocessing.from_dict(json.loads(json.dumps(d)))
     assert back == spec

@@ -20,4 +20,5 @@ def cache_root() -> Path:
 def default_detector_dir() -> Path:
     """Folder of the cached default detector artifact (built by :mod:`sid_edge.export.default_detector`)."""
     # v2: built with concept scores (the packaged vocabulary); a cached v1 artifact without them is not reused.
-    return cache_root() / "default-detector-v2"
+    # v3: serves the paper head's own preprocessing (clip-cues: bilinear); a cached v2 (bicubic) is not reused.
+    return cache_root() / "default-detector-v3"

@@ -187,6 +187,6 @@ def fit_probe_head(backbone, items, k: int = 4):
         head.to_logit.weight.copy_(torch.tensor(probe.coef_, dtype=torch.float32))
         head.to_logit.bias.copy_(torch.tensor(probe.intercept_, dtype=torch.float32))
     cfg = HeadConfig(kind="orthogonal", k=k, feature_dim=backbone.feature_dim, backbone=backbone.identity.to_dict(),
-                     source="sid_edge.build.demo_data.fit_probe_head",
+                     source="sid_edge.build.demo_data.fit_probe_head", preprocessing=backbone.preprocessing.to_dict(),
                      training={"method": f"PCA({k}) + logistic regression (scikit-learn, C=1)", "images": len(y)})
     return head, cfg

@@ -70,7 +70,8 @@ def extract_features(
     ``paths``: image files, encoded bytes, or dataset references (:class:`sid_edge.tools.datasets.ImageRef`).
 
     Images that fail to decode are skipped and reported in ``Features.errors`` (index -> reason); they never
-    stop the run. The cache stores the result for the exact (backbone identity, image contents) pair.
+    stop the run. The cache stores the result for the exact (backbone identity, preprocessing rule, image contents)
+    triple; ``backbone.preprocessing`` is the rule applied (set it to train on another pipeline).
 
     ``augment``: a :class:`sid_edge.robustness.augment.AugmentPreset`; features are then those of augmented view
     ``view`` of each image under ``seed`` (:func:`sid_edge.robustness.augment.augmented_view`), cached per
@@ -78,6 +79,8 @@ def extract_features(
     """
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     digest = hashlib.sha256(backbone.identity.key.encode())
+    # Features depend on the preprocessing pipeline too (bilinear vs bicubic, crop offset): key on the whole rule.
+    digest.update(json.dumps(backbone.preprocessing.to_dict(), sort_keys=True).encode())
     if augment is not None:
         digest.update(json.dumps({"augment": augment.identity(), "seed": seed, "view": view}, sort_keys=True).encode())
     hashes = [_content_hash(p) for p in paths]

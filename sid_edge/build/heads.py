@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from sid_edge.artifact.names import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
+from sid_edge.artifact.preprocessing import Preprocessing
 from sid_edge.build.concept_model import ConceptBottleneck, vocabulary_block
 from sid_edge.build.head_kinds import POOLED_FEATURE, clip_cues_kind, head_kind
 from sid_edge.build.linear_heads import LinearHead, OrthogonalHead, orthogonality_penalty
@@ -28,6 +29,7 @@ from sid_edge.build.vocabulary import Concept
 
 __all__ = ["HeadConfig", "HEAD_FORMAT", "HEAD_FORMAT_VERSION", "CLIP_CUES_BACKBONE", "build_head",
            "head_config", "concept_head_config", "save_head", "load_head", "load_clip_cues_checkpoint",
+           "head_preprocessing", "clip_cues_preprocessing",
            "OrthogonalHead", "LinearHead", "ConceptBottleneck", "orthogonality_penalty"]
 
 HEAD_FORMAT = "sid-edge-head"
@@ -54,9 +56,46 @@ class HeadConfig:
     training: dict = field(default_factory=dict)
     #: Concept heads only (kind ``concepts``): the concept vocabulary, see :mod:`sid_edge.build.concept_model`.
     vocabulary: dict | None = None
+    #: The preprocessing rule the head's features were extracted with (:meth:`Preprocessing.to_dict`); None in
+    #: head.json files written before heads recorded it (see :func:`head_preprocessing`).
+    preprocessing: dict | None = None
 
     def to_dict(self) -> dict:
         return {"format": HEAD_FORMAT, "version": HEAD_FORMAT_VERSION, **self.__dict__}
+
+
+#: The paper's image size (ViT-L/14-336) for the pipelines of imported clip-cues checkpoints.
+CLIP_CUES_IMAGE_SIZE = 336
+
+
+def clip_cues_preprocessing(model_type: str) -> Preprocessing:
+    """The pipeline a clip-cues checkpoint of ``model_type`` was trained on: ``clip``/``linear`` heads on clip-cues'
+    torchvision transform (bilinear resize, round crop offset), ``concept`` models on Hugging Face's
+    ``CLIPImageProcessor`` (bicubic, floor crop offset); 336 px, CLIP mean/std. See
+    :data:`sid_edge.artifact.preprocessing.PIPELINES` for the sources."""
+    name = "hf-clip" if model_type == "concept" else "clip-cues"
+    return Preprocessing.for_pipeline(name, CLIP_CUES_IMAGE_SIZE)
+
+
+def head_preprocessing(cfg: HeadConfig, backbone_rule: Preprocessing) -> Preprocessing:
+    """The preprocessing rule ``cfg``'s head was trained with, to serve it with.
+
+    The recorded rule (``cfg.preprocessing``) when there is one; otherwise (a head.json written before heads
+    recorded it) ``backbone_rule``, the backbone's open_clip transform every sid-edge head was trained on until then.
+    A head exported on another backbone than its own (its scores then mean little; export warns) keeps its
+    pipeline (resize filter, crop offset) at the backbone's size and mean/std, which the graph's input needs.
+
+    Raises ValueError naming the head when the recorded rule is invalid.
+    """
+    if not cfg.preprocessing:
+        return backbone_rule
+    try:
+        rule = Preprocessing.from_dict(cfg.preprocessing)
+    except ValueError as e:
+        raise ValueError(f"head ({cfg.source}): {e}") from None
+    if rule.size != backbone_rule.size:
+        rule = dataclasses.replace(rule, size=backbone_rule.size, mean=backbone_rule.mean, std=backbone_rule.std)
+    return rule
 
 
 def build_head(kind: str, feature_dim: int, k: int = 8) -> nn.Module:
@@ -182,6 +221,13 @@ def _check_config_types(cfg: HeadConfig, where: Path) -> None:
             fail(name, "a JSON object")
     if cfg.vocabulary is not None and not isinstance(cfg.vocabulary, dict):
         fail("vocabulary", "a JSON object or null")
+    if cfg.preprocessing is not None:
+        if not isinstance(cfg.preprocessing, dict):
+            fail("preprocessing", "a JSON object or null")
+        try:
+            Preprocessing.from_dict(cfg.preprocessing)
+        except ValueError as e:
+            raise ValueError(f"{where}: preprocessing: {e}") from None
 
 
 def load_clip_cues_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, HeadConfig]:
@@ -229,4 +275,6 @@ def load_clip_cues_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, HeadC
     if kind.name == "concepts":
         names = [Concept(name=f"concept_{i:03d}", positive="", negative="", category="") for i in range(head.k)]
         vocabulary = vocabulary_block(names, template="", source=f"{source} (unnamed)", named=False)
-    return head.eval(), head_config(head, CLIP_CUES_BACKBONE, source=source, vocabulary=vocabulary)
+    cfg = head_config(head, CLIP_CUES_BACKBONE, source=source, vocabulary=vocabulary)
+    cfg.preprocessing = clip_cues_preprocessing(model_type).to_dict()  # the pipeline the paper trained it on
+    return head.eval(), cfg

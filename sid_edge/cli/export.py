@@ -66,6 +66,11 @@ def add_parser(sub) -> None:
                         "and concept_contributions join the graph next to --head's score")
     e.add_argument("--prompt-template", default="{}", metavar="TEMPLATE",
                    help="str.format template applied to every prompt (default: '{}', prompts verbatim)")
+    e.add_argument("--preprocessing", default="head", choices=["head", "clip-cues", "hf-clip", "open_clip"],
+                   help="preprocessing pipeline the artifact serves (default: %(default)s = the one the head was trained "
+                        "with: clip-cues' bilinear transform for the paper's orthogonal/linear heads, Hugging Face's "
+                        "CLIPImageProcessor for its concept models, the recorded one for `sid-edge train` heads); "
+                        "naming another overrides it, with a warning")
     e.add_argument("--engine", action="store_true",
                    help="also build a TensorRT engine for each precision in the artifact (needs TensorRT and an NVIDIA GPU)")
     add_engine_args(e)
@@ -107,9 +112,11 @@ def run(args) -> int:
         try:
             manifest = export_detector(args.head, args.out, backbone=backbone, parity_images=args.parity_images,
                                        threshold=args.threshold, overwrite=args.overwrite, vocabulary=vocabulary,
-                                       concept_model=args.concept_model, prompt_template=args.prompt_template)
+                                       concept_model=args.concept_model, prompt_template=args.prompt_template,
+                                       preprocessing=args.preprocessing)
         except ValueError as e:
             raise ModelError(str(e)) from e
+    console.print(f"preprocessing: {manifest.preprocessing.describe()}", highlight=False)
     fid = manifest.models["fp32"].fidelity.pytorch_parity
     console.print(f"FP32 graph written to {args.out}: max |Δlogit| ONNX Runtime vs PyTorch = "
                   f"{fid.max_abs_logit_diff:.2e} on {fid.inputs} inputs", highlight=False)

@@ -45,8 +45,11 @@ def run(args) -> int:
               f"embedding {b['embed_dim']}-d)")
     out.print(f"head: {h['kind']} k={h['k']} from {h.get('source', '?')}"
               + (f"; weights {h['weights']['file']} (shared-feature evaluation)" if h.get("weights") else ""))
-    out.print(f"preprocessing: resize {pre['resize_mode']} side→{pre['size']} {pre['interpolation']}, crop {pre.get('crop')}, "
-              f"mean {pre['mean']}, std {pre['std']}, {pre['colour_order']}")
+    out.print(f"preprocessing: {pre.get('pipeline', 'open_clip')} — resize {pre['resize_mode']} side→{pre['size']} "
+              f"{pre['interpolation']}, crop {pre.get('crop')} offset {pre.get('crop_offset', 'round')}, "
+              f"mean {pre['mean']}, std {pre['std']}, {pre['colour_order']}"
+              + (f"; head trained with {h['trained_with_preprocessing']}" if h.get("trained_with_preprocessing") else ""),
+              highlight=False)
     choice = m.get("threshold_choice")
     out.print(f"threshold: {m['threshold']} on {m.get('threshold_on', 'p_synthetic')}"
               + (f" (chosen at FPR {choice['target_fpr']:g} on {choice['n_real']} real images of {choice['data']}"
@@ -58,6 +61,11 @@ def run(args) -> int:
                               f"concepts by {vocab.get('top_concepts_by')})" if vocab else "none")
               + (f"; concept model {cm['source']}" + (" (the head)" if cm.get("is_head") else "") if cm else ""),
               highlight=False)
+    cpre = (cm or {}).get("preprocessing")
+    if cpre and cpre.get("pipeline") != cpre.get("served_with"):
+        out.print(f"concept model trained with {cpre['pipeline']}, served with {cpre['served_with']}: max |Δconcept_logit| "
+                  f"{cpre['max_abs_concept_logit_diff']:.3g}, max |Δp| {cpre['max_abs_concept_probability_diff']:.3g} on "
+                  f"{cpre['inputs']} parity inputs", highlight=False)
     out.print(f"input: {m['input']['name']} {m['input']['shape']}; outputs: "
               + ", ".join(f"{o['name']} {o['shape']}" for o in m["outputs"]))
     default = m.get("default_precision") or ("fp32" if "fp32" in m["models"] else next(iter(m["models"]), "?"))

@@ -55,6 +55,10 @@ def add_parser(sub) -> None:
                    help="augmented views per training image (default: %(default)s)")
     a.add_argument("--no-bias-check", action="store_true",
                    help="do not check whether labels are predictable from file format, JPEG quality, size or EXIF")
+    t.add_argument("--preprocessing", default=None, choices=["clip-cues", "hf-clip", "open_clip"],
+                   help="pipeline the features are extracted with, recorded in the head and served by its artifact "
+                        "(default: the paper's for the head kind: clip-cues' bilinear transform for orthogonal/linear "
+                        "heads, Hugging Face's CLIPImageProcessor for concept models)")
     c = t.add_argument_group("concept model (--head-kind concepts)")
     c.add_argument("--vocabulary", default="default", metavar="FILE|default",
                    help="concept vocabulary CSV (sid-edge or clip-cues layout; default: the packaged one)")
@@ -106,6 +110,11 @@ def run(args) -> int:
     from sid_edge.build.training import train
 
     backbone = load_backbone_or_fail(args.clip_model, args.clip_pretrained)
+    from sid_edge.artifact.preprocessing import Preprocessing
+
+    pipeline = args.preprocessing or ("hf-clip" if kind == "concepts" else "clip-cues")
+    base = backbone.preprocessing
+    backbone.preprocessing = Preprocessing.for_pipeline(pipeline, base.size, base.mean, base.std)
     inputs, vocabulary = {}, None
     if kind == "concepts":
         from sid_edge.build.concept_directions import build_concept_set
@@ -160,6 +169,7 @@ def run(args) -> int:
                                 "config": config.__dict__,
                                 **({"augment": {"preset": args.augment, "views": args.augment_views, "seed": args.seed}}
                                    if args.augment else {})})
+    cfg.preprocessing = backbone.preprocessing.to_dict()  # the pipeline its features were extracted with
     save_head(head, cfg, args.out)
     if kind == "concepts":
         figures = (f"active gates per image {report.active_gates_initial:.1f} → {report.active_gates:.1f} of "

@@ -1,7 +1,8 @@
 """Image decoding and CLIP preprocessing for the sid-edge runtime.
 
 This module is part of the edge runtime: it imports only the standard library, numpy and Pillow (never torch,
-torchvision or open_clip), yet reproduces open_clip's inference preprocessing exactly (see :func:`preprocess`).
+torchvision or open_clip), yet reproduces the original pipelines exactly (clip-cues' torchvision transform,
+Hugging Face's CLIPImageProcessor, open_clip's inference transform; see :func:`preprocess`).
 
 Two halves:
 
@@ -472,8 +473,9 @@ def decode_image(source: Source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
-def _center_crop_or_pad(arr: np.ndarray, size: int) -> np.ndarray:
-    """torchvision.transforms.functional.center_crop on an HxWxC array: zero-pad if smaller, then crop."""
+def _center_crop_or_pad(arr: np.ndarray, size: int, offset: str = "round") -> np.ndarray:
+    """Centre crop of an HxWxC array to size x size: torchvision ``center_crop`` (``offset="round"``: zero-pad if
+    smaller, then ``int(round(d / 2))``) or Hugging Face ``center_crop`` (``offset="floor"``: ``d // 2``)."""
     h, w = arr.shape[:2]
     if size > w or size > h:
         left = (size - w) // 2 if size > w else 0
@@ -484,9 +486,11 @@ def _center_crop_or_pad(arr: np.ndarray, size: int) -> np.ndarray:
         h, w = arr.shape[:2]
         if h == size and w == size:
             return arr
-    # Python's round (half to even), exactly as torchvision writes it.
-    top = int(round((h - size) / 2.0))
-    left = int(round((w - size) / 2.0))
+    if offset == "floor":  # transformers.image_transforms.center_crop
+        top, left = (h - size) // 2, (w - size) // 2
+    else:  # Python's round (half to even), exactly as torchvision writes it.
+        top = int(round((h - size) / 2.0))
+        left = int(round((w - size) / 2.0))
     return arr[top : top + size, left : left + size]
 
 
@@ -505,7 +509,7 @@ def check_resize_work(width: int, height: int, spec: Preprocessing) -> None:
 
 
 def preprocess(image: Image.Image | np.ndarray, spec: Preprocessing) -> np.ndarray:
-    """One image -> the network input, exactly as open_clip's inference transform computes it.
+    """One image -> the network input, exactly as the original pipeline ``spec`` names computes it.
 
     Args:
         image: a PIL image of any mode (converted to RGB by the rule :func:`decode_image` documents, 16-bit scaling
@@ -517,18 +521,23 @@ def preprocess(image: Image.Image | np.ndarray, spec: Preprocessing) -> np.ndarr
         ``float32`` array of shape ``(3, spec.size, spec.size)`` (CHW, RGB), C-contiguous, values
         ``(pixel / 255 - mean) / std``.
 
-    Rule (open_clip ``image_transform(is_train=False)`` = torchvision on a PIL image):
+    Rule (torchvision ``Resize``/``CenterCrop``/``ToTensor``/``Normalize`` on a PIL image, as clip-cues and
+    open_clip compose them, or Hugging Face's PIL ``CLIPImageProcessor``; ``spec.pipeline`` names which):
 
-    1. Resize (``torchvision.transforms.functional.resize``): ``"shortest"``: short side -> ``size``, long side
-       -> ``int(size * long / short)`` (truncation); ``"squash"``: -> ``size x size``. Done with
-       ``PIL.Image.resize((w, h), BICUBIC|BILINEAR)``, skipped when the size is unchanged (as torchvision does).
-    2. ``"shortest"`` only: ``CenterCrop(size)``: ``top = int(round((h - size) / 2.0))``, ``left`` likewise,
-       zero padding first if a side is smaller than ``size``.
+    1. Resize (torchvision ``_compute_resized_output_size`` = transformers ``get_resize_output_image_size``):
+       ``"shortest"``: short side -> ``size``, long side -> ``int(size * long / short)`` (truncation);
+       ``"squash"``: -> ``size x size``. Done with ``PIL.Image.resize((w, h), BICUBIC|BILINEAR)`` (``spec.
+       interpolation``; Pillow antialiases when downscaling), skipped when the size is unchanged (as both do).
+    2. ``"shortest"`` only: centre crop to ``size``: ``top = int(round((h - size) / 2.0))`` for
+       ``crop_offset="round"`` (torchvision ``CenterCrop``), ``(h - size) // 2`` for ``"floor"`` (transformers);
+       ``left`` likewise; zero padding first if a side is smaller than ``size`` (unreachable after a shortest-side
+       resize).
     3. ``ToTensor`` then ``Normalize``: ``x = uint8 / 255`` in float32, then ``(x - mean) / std`` in float32.
+       (transformers' ``uint8 * (1/255)`` in float64 cast to float32 gives the same float32 for all 256 values.)
 
-    One difference from open_clip, on purpose: a non-RGB PIL image is converted to RGB *before* resizing (as
-    Hugging Face's CLIP processor and ``Image.open(...).convert("RGB")`` loaders do); open_clip resizes in the
-    source mode and converts afterwards. The two agree exactly for RGB input.
+    A non-RGB PIL image is converted to RGB *before* resizing (clip-cues' ``.convert("RGB")`` loaders and Hugging
+    Face's processor do the same); open_clip resizes in the source mode and converts afterwards. The two agree
+    exactly for RGB input.
 
     Raises:
         ValueError: array of another shape or dtype (the message names what was received), or a PIL mode that
@@ -564,7 +573,7 @@ def preprocess(image: Image.Image | np.ndarray, spec: Preprocessing) -> np.ndarr
 
     arr = np.asarray(img, dtype=np.uint8)
     if arr.shape[0] != size or arr.shape[1] != size:
-        arr = _center_crop_or_pad(arr, size)
+        arr = _center_crop_or_pad(arr, size, spec.crop_offset)
 
     x = arr.astype(np.float32) / np.float32(255.0)
     x -= np.asarray(spec.mean, dtype=np.float32)
