@@ -679,27 +679,8 @@ def discover_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
         OSError: a directory inside the tree cannot be listed (e.g. PermissionError), rather than silently
             scanning less than asked.
     """
-    out: list[Path] = []
-    seen: set[Path] = set()
-
-    def add(p: Path) -> None:
-        key = p.absolute()
-        if key not in seen:
-            seen.add(key)
-            out.append(p)
-
-    for arg in paths:
-        p = Path(arg)
-        if p.is_dir():
-            found = []
-            for root, _dirs, files in os.walk(p, followlinks=False, onerror=_raise):
-                for name in files:
-                    if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                        found.append(Path(root, name))
-            for f in sorted(found):
-                add(f)
-        elif os.path.lexists(p):
-            add(p)
-        else:
-            raise FileNotFoundError(2, "No such file or directory", str(arg))
-    return out
+    found = discover(paths)
+    if found.unreadable:
+        folder, reason = found.unreadable[0]
+        raise PermissionError(13, reason, str(folder)) if "ermission" in reason else OSError(reason, str(folder))
+    return found.files
