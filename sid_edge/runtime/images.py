@@ -600,10 +600,6 @@ def load_and_preprocess(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _raise(err: OSError) -> None:
-    raise err
-
-
 @dataclass
 class Discovery:
     """What :func:`discover` found: ``files`` to score (in order), files in folders that were ``skipped`` (not an
