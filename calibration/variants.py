@@ -180,8 +180,8 @@ def add_precision_variants(
             graph = {"bf16": "fp32"}.get(run_as, run_as)
             name = backend if graph == run_as else f"{backend}-{run_as}"
             fidelity = models[graph].fidelity
-            rows = dict(getattr(fidelity, "held_out_backends", None) or {})
-            rows[name] = HeldOut.model_validate(figures).to_dict()
+            rows = dict(fidelity.held_out_backends)
+            rows[name] = HeldOut.model_validate(figures)
             fidelity.held_out_backends = rows
             continue
         models[precision].fidelity.held_out = HeldOut.model_validate(figures)
