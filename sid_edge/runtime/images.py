@@ -144,6 +144,19 @@ _BMP_DIB_SIZES = (12, 40, 52, 56, 64, 108, 124)
 _INT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 
+#: Pillow plugins never used to decode: EPS hands the file to Ghostscript (an external PostScript interpreter, a
+#: long record of code-execution flaws) when it loads pixels. A hostile upload named ``x.png`` reaches the decoder
+#: whatever its name, so the exclusion is by format, not by suffix.
+EXCLUDED_FORMATS: frozenset[str] = frozenset({"EPS"})
+_POSTSCRIPT = (b"%!PS", b"\xc5\xd0\xd3\xc6")  # PostScript/EPS text, DOS EPS binary header
+
+
+def decoder_formats() -> list[str]:
+    """The Pillow formats :func:`decode_image` tries (every registered plugin but :data:`EXCLUDED_FORMATS`)."""
+    Image.init()
+    return [f for f in Image.ID if f not in EXCLUDED_FORMATS]
+
+
 def _sniff_format(prefix: bytes) -> str | None:
     for magic, offset, name in _SIGNATURES:
         if prefix[offset : offset + len(magic)] == magic:
@@ -236,7 +249,7 @@ def _size_bypassing_pillow_bomb_check(fp, prefix: bytes) -> tuple[int, int] | No
     plugin factory directly reads the same header without that check (and without decoding), so the error can name
     the dimensions. Never changes Pillow's global state.
     """
-    for fmt in list(Image.ID):
+    for fmt in decoder_formats():
         try:
             factory, accept = Image.OPEN[fmt]
             result = not accept or accept(prefix)
@@ -424,11 +437,13 @@ def decode_image(source: Source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
 
         # 1. header
         try:
-            im = Image.open(fp)
+            im = Image.open(fp, formats=decoder_formats())
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise _bomb_error(path, fp, prefix, max_pixels, e) from None
         except Exception as e:
             if fmt is None:
+                if prefix.startswith(_POSTSCRIPT):
+                    raise ImageDecodeError(path, "PostScript/EPS is not decoded (it would run Ghostscript)") from None
                 if isinstance(e, UnidentifiedImageError):
                     raise ImageDecodeError(path, "not an image (unrecognised format)") from None
                 raise ImageDecodeError(path, f"cannot read image header ({type(e).__name__}: {e})") from None
