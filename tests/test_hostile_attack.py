@@ -28,3 +28,47 @@ def test_eps_never_reaches_ghostscript(tmp_path, monkeypatch):
             decode_image(source)
         assert e.value.reason == "PostScript/EPS is not decoded (it would run Ghostscript)"
     assert not marker.exists()
+
+
+def _ok_png() -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.arange(40 * 50 * 3, dtype=np.uint8).reshape(40, 50, 3)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_predict_one_bad_input_is_one_error_and_never_aborts_the_call(artifact, tmp_path):
+    """Detector.predict: an array of the wrong dtype/shape is ONE input (one error, not one per row); a text-mode or
+    closed file object and an empty PIL image get an error result while the valid inputs beside them are scored."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from sid_edge import Detector
+
+    ok = _ok_png()
+    with Detector.load(artifact) as det:
+        expected = det.predict(ok)[0].p_synthetic
+        for array in (np.zeros((10, 10, 3), np.float32), np.zeros((10, 10), np.uint8), np.zeros((7,), np.uint8)):
+            preds = det.predict(array)
+            assert len(preds) == 1 and preds[0].p_synthetic is None
+            assert "expected an (H, W, 3) uint8 RGB array" in preds[0].error
+        stack = np.zeros((3, 20, 20, 3), np.uint8)  # (N, H, W, 3): a batch of frames
+        assert [p.ok for p in det.predict(stack)] == [True, True, True]
+
+        (tmp_path / "a.png").write_bytes(ok)
+        closed = io.BytesIO(ok)
+        closed.close()
+        with open(tmp_path / "a.png", encoding="utf-8") as text_mode:
+            preds = det.predict([text_mode, ok, closed, Image.new("RGB", (0, 0)), Image.new("RGB", (0, 5)), ok])
+        assert len(preds) == 6
+        assert "binary mode" in preds[0].error and preds[0].p_synthetic is None
+        assert "closed file" in preds[2].error
+        assert preds[3].error == "ValueError: preprocess: empty image, size (0, 0)"
+        assert preds[4].error == "ValueError: preprocess: empty image, size (0, 5)"
+        assert preds[1].p_synthetic == preds[5].p_synthetic == expected

@@ -149,6 +149,8 @@ def iter_batches(
                     src = own_copy(src)
                 except ImageDecodeError as e:
                     src = e
+                except (ValueError, OSError, TypeError, UnicodeError) as e:  # e.g. a closed or text-mode file object
+                    src = ImageDecodeError(None, f"cannot read the input ({type(e).__name__}: {e})")
                 pending.append(pool.submit(_load, i, src, spec, max_pixels))
             if not pending:
                 break

@@ -246,7 +246,8 @@ class Detector:
     def predict(self, images, *, batch_size: int = 8, workers: int | None = None) -> list[Prediction]:
         """Score images: file paths (str/PathLike), encoded bytes (bytes, bytearray, memoryview, a binary file
         object), PIL images, or HxWx3 uint8 numpy arrays in RGB channel order (convert OpenCV's BGR frames with
-        ``frame[..., ::-1]``); a sequence of them, or one of them alone. Returns one Prediction per input, in order;
+        ``frame[..., ::-1]``); a sequence of them, or one of them alone (a numpy array is one image unless it is 4-D,
+        ``(N, H, W, 3)``, a stack of N frames; an array of another dtype or shape gets one ``error``). Returns one Prediction per input, in order;
         undecodable inputs get ``error`` set instead of raising. PIL images are copied in the calling thread (Pillow
         objects are not thread-safe) and turned upright by their EXIF orientation, like a file passed by path."""
         if _is_single_input(images):
@@ -334,7 +335,8 @@ def _is_single_input(x) -> bool:
     from PIL import Image
 
     return (isinstance(x, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image))
-            or (isinstance(x, np.ndarray) and x.ndim == 3 and x.dtype == np.uint8)
+            # Any array but an (N, H, W, C) stack is one image: a wrong dtype or shape gets one error, not a row each.
+            or (isinstance(x, np.ndarray) and x.ndim != 4)
             or (hasattr(x, "read") and not isinstance(x, (list, tuple))))
 
 

@@ -315,6 +315,8 @@ def open_image_source(source: Any, max_bytes: int = MAX_FILE_BYTES) -> tuple[str
         TypeError: any other kind of source.
     """
     if hasattr(source, "read") and not isinstance(source, (str, os.PathLike)):
+        if isinstance(source, io.TextIOBase):
+            raise TypeError("image source: a file object must be opened in binary mode ('rb'), got a text-mode file")
         data = source.read(max_bytes + 1)
         if not isinstance(data, (bytes, bytearray)):
             raise TypeError(f"image source: a file object must be opened in binary mode, got {type(data).__name__}")
@@ -569,6 +571,8 @@ def preprocess(image: Image.Image | np.ndarray, spec: Preprocessing) -> np.ndarr
             raise ValueError(f"preprocess: empty image, shape {image.shape}")
         img = Image.fromarray(np.ascontiguousarray(image))
     elif isinstance(image, Image.Image):
+        if image.width == 0 or image.height == 0:
+            raise ValueError(f"preprocess: empty image, size {image.size}")
         img = _to_rgb(image)
     else:
         raise TypeError(f"preprocess: expected a PIL image or numpy array, got {type(image).__name__}")
