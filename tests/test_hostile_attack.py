@@ -72,3 +72,30 @@ def test_predict_one_bad_input_is_one_error_and_never_aborts_the_call(artifact, 
         assert preds[3].error == "ValueError: preprocess: empty image, size (0, 0)"
         assert preds[4].error == "ValueError: preprocess: empty image, size (0, 5)"
         assert preds[1].p_synthetic == preds[5].p_synthetic == expected
+
+
+def test_resume_with_other_settings_is_refused_and_keeps_the_earlier_output(photo_dir, artifact, tmp_path, capsys):
+    """A resumed scan with another threshold/columns/model would mix rows that disagree (the same p_synthetic
+    labelled 'real' above and 'synthetic' below, CSV rows of different widths): refuse with exit 2, output intact."""
+    import shutil
+
+    from sid_edge.cli import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("coffee.jpg", "astronaut.png", "rocket.jpg"):
+        shutil.copy(photo_dir / name, folder / name)
+    out = tmp_path / "r.csv"
+    args = ["scan", str(folder), "--model", str(artifact), "--out", str(out), "--no-progress", "--batch-size", "1"]
+    assert main(args) == 0
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:-1]))  # killed before the last row
+    before = out.read_bytes()
+    capsys.readouterr()
+    for other in (["--threshold", "0.01"], ["--top-concepts", "0"], ["--no-provenance"], ["--max-pixels", "1000"]):
+        assert main(args + ["--resume"] + other) == 2, other
+        err = capsys.readouterr().err
+        assert "the earlier run used other settings" in err and "drop --resume" in err
+        assert out.read_bytes() == before
+    assert main(args + ["--resume"]) == 0  # the same settings resume
+    assert out.read_text() == "".join(lines)

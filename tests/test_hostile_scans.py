@@ -142,7 +142,7 @@ def test_resume_scores_only_what_has_no_row_and_never_duplicates(folder, artifac
     head = 1 if suffix == ".csv" else 0
     out.write_text("".join(lines[: head + 2]) + lines[head + 2][:10])
     side = resume_file(out).read_text().splitlines(keepends=True)
-    resume_file(out).write_text("".join(side[:1]) + side[1][:5])
+    resume_file(out).write_text("".join(side[:2]) + side[2][:5])  # settings line, one confirmed row, a partial one
     # One file changes meanwhile, one is new.
     shutil.copy(folder / "rocket.jpg", folder / "new.jpg")
     assert main(args + ["--resume"]) == 0

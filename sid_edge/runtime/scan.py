@@ -17,7 +17,9 @@ Hostile names and outputs:
   not be one of the scanned files, and receives complete rows batch by batch (a killed scan keeps them).
 * **Resume** (``resume=True``): a sidecar ``<out>.resume.jsonl`` records the size and modification time of each file
   whose row is complete; a resumed scan keeps the rows of unchanged files, rescoring changed, new and unconfirmed
-  ones, and never writes a file's row twice.
+  ones, and never writes a file's row twice. The sidecar's first line records the run's settings (model manifest
+  sha256, precision, threshold, format and columns, pixel limit): a resume with other settings is refused (an
+  ``OutputError`` naming what changed; exit 2 in the CLI) and leaves the earlier output as it was.
 
 Predictions are "uncertain" inside the detector's uncertain band (``Detector.band``, from the manifest). With a
 stability checker on the detector (``Detector.stability_checker``, see :mod:`sid_edge.robustness`), rows add
@@ -44,7 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator, Sequence
 
-from sid_edge.artifact.files import write_text_atomic
+from sid_edge.artifact.files import sha256_file, write_text_atomic
+from sid_edge.artifact.names import MANIFEST_NAME
 from sid_edge.runtime.concept_ranking import DEFAULT_TOP_CONCEPTS, format_csv_cell
 from sid_edge.runtime.detector import Detector, Prediction
 from sid_edge.runtime.images import DEFAULT_MAX_PIXELS, Discovery, discover
@@ -260,8 +263,21 @@ def _complete_records(text: str, fmt: str) -> list[tuple[str, str]]:
     return out
 
 
-def _earlier_rows(out: Path, fmt: str, files: dict[str, Path]) -> dict[str, str]:
-    """Rows of an earlier run worth keeping, by file key: complete, confirmed in the sidecar, file unchanged."""
+def scan_settings(detector: Detector, fmt: str, concepts: bool, provenance: bool, top_concepts: int,
+                  max_pixels: int) -> dict:
+    """What makes two runs' rows comparable: the model (sha256 of its manifest), precision, threshold, output format
+    and columns, and the limits that decide which files get an error. Recorded first in the resume sidecar."""
+    manifest = Path(detector.directory) / MANIFEST_NAME
+    return {"model": sha256_file(manifest) if manifest.is_file() else str(detector.directory),
+            "precision": detector.precision, "threshold": detector.threshold, "format": fmt, "concepts": concepts,
+            "top_concepts": top_concepts if concepts else 0, "provenance": provenance, "max_pixels": max_pixels}
+
+
+def _earlier_rows(out: Path, fmt: str, files: dict[str, Path], settings: dict | None = None) -> dict[str, str]:
+    """Rows of an earlier run worth keeping, by file key: complete, confirmed in the sidecar, file unchanged.
+
+    Raises OutputError when the sidecar records other ``settings`` (another model, threshold, columns, ...): mixing
+    its rows with new ones would give a file whose rows disagree."""
     side = resume_file(out)
     if not out.is_file() or not side.is_file():
         return {}
@@ -269,6 +285,15 @@ def _earlier_rows(out: Path, fmt: str, files: dict[str, Path]) -> dict[str, str]
     for line in side.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             entry = json.loads(line)
+            if isinstance(entry, dict) and "settings" in entry:
+                if settings is not None and entry["settings"] != settings:
+                    before = entry["settings"] if isinstance(entry["settings"], dict) else {}
+                    changed = ", ".join(f"{k} {before.get(k)!r} -> {v!r}" for k, v in settings.items()
+                                        if before.get(k) != v)
+                    raise OutputError(f"--resume {out}: the earlier run used other settings ({changed}); its rows "
+                                      f"cannot be mixed with new ones. Resume with the same settings, or drop --resume "
+                                      f"to start afresh")
+                continue
             confirmed[entry["key"]] = entry["stamp"]
         except (json.JSONDecodeError, KeyError, TypeError):
             continue  # a partial last line of a killed run
@@ -331,7 +356,8 @@ def scan(
             target = check_output(out, files)
             keys = {_key(f): f for f in files}
             stream = stack.enter_context(_locked_output(target, resume))
-            kept = _earlier_rows(target, fmt, keys) if resume else {}  # read under the lock
+            settings = scan_settings(detector, fmt, concepts, provenance, top_concepts, max_pixels)
+            kept = _earlier_rows(target, fmt, keys, settings) if resume else {}  # read under the lock
             # Start from exactly the rows worth keeping (written whole, then the sidecar that confirms them).
             stream.seek(0)
             stream.truncate(0)
@@ -341,7 +367,8 @@ def scan(
             stream.flush()
             stamps = {k: _stamp(keys[k]) for k in kept}
             side_path = resume_file(target)
-            write_text_atomic(side_path, "".join(json.dumps({"key": k, "stamp": s}) + "\n" for k, s in stamps.items()))
+            write_text_atomic(side_path, json.dumps({"settings": settings}) + "\n"
+                              + "".join(json.dumps({"key": k, "stamp": s}) + "\n" for k, s in stamps.items()))
             side = stack.enter_context(open(side_path, "a", encoding="utf-8"))
         if out is None:
             writer = ResultWriter(stream, fmt, concepts=concepts, provenance=provenance, stability=stability)
