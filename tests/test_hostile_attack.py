@@ -99,3 +99,27 @@ def test_resume_with_other_settings_is_refused_and_keeps_the_earlier_output(phot
         assert out.read_bytes() == before
     assert main(args + ["--resume"]) == 0  # the same settings resume
     assert out.read_text() == "".join(lines)
+
+
+def test_out_that_is_a_hard_link_to_an_input_or_a_device_is_refused(photo_dir, artifact, tmp_path, capsys):
+    """`--out` hard-linked to an image being scanned was truncated (the input destroyed); `--out /dev/null` or a
+    FIFO ended in 'unexpected failure' (exit 1). Both are usage errors (exit 2) and nothing is written."""
+    import shutil
+
+    from sid_edge.cli import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(photo_dir / "coffee.jpg", folder / "coffee.jpg")
+    original = (folder / "coffee.jpg").read_bytes()
+    (tmp_path / "results").mkdir()
+    linked = tmp_path / "results" / "r.csv"
+    os.link(folder / "coffee.jpg", linked)
+    fifo = tmp_path / "fifo.csv"
+    os.mkfifo(fifo)
+    for out, reason in ((linked, "is one of the files to scan"), (os.devnull, "not a regular file"),
+                        (fifo, "not a regular file")):
+        capsys.readouterr()
+        assert main(["scan", str(folder), "--model", str(artifact), "--out", str(out), "--no-progress"]) == 2, out
+        assert reason in capsys.readouterr().err
+    assert (folder / "coffee.jpg").read_bytes() == original

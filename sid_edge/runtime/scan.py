@@ -39,6 +39,7 @@ import fcntl
 import io
 import json
 import os
+import stat
 import sys
 import time
 from collections import Counter
@@ -197,7 +198,8 @@ def _key(path: str | os.PathLike) -> str:
 
 # ------------------------------------------------------------------------------------------------ the output file
 def check_output(out: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -> Path:
-    """Refuse (OutputError) an ``out`` that is a folder, lies below a file, or is one of ``inputs``."""
+    """Refuse (OutputError) an ``out`` that is a folder, lies below a file, is not a regular file (a device or FIFO),
+    or is one of ``inputs`` (by device and inode: a symbolic or hard link to an input counts as that input)."""
     p = Path(out)
     if p.is_dir():
         raise OutputError(f"--out {out}: is a folder; name a .csv or .jsonl file")
@@ -205,9 +207,19 @@ def check_output(out: str | os.PathLike, inputs: Sequence[str | os.PathLike]) ->
         if parent.exists() and not parent.is_dir():
             raise OutputError(f"--out {out}: {parent} is a file, not a folder")
     if p.exists():
-        target = p.resolve()
-        if any(Path(i).resolve() == target for i in inputs):
-            raise OutputError(f"--out {out}: is one of the files to scan; writing results there would destroy it")
+        st = p.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise OutputError(f"--out {out}: not a regular file (a device, FIFO or socket); name a .csv or .jsonl file, "
+                              f"or leave --out out to write to stdout")
+        # Compared by (device, inode): a symbolic or a hard link to an input is that input.
+        for i in inputs:
+            try:
+                ist = os.stat(i)
+            except OSError:
+                continue
+            if (ist.st_dev, ist.st_ino) == (st.st_dev, st.st_ino):
+                raise OutputError(f"--out {out}: is one of the files to scan ({path_text(i)}, the same file by another "
+                                  f"name); writing results there would destroy it")
     return p
 
 
