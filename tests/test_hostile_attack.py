@@ -123,3 +123,29 @@ def test_out_that_is_a_hard_link_to_an_input_or_a_device_is_refused(photo_dir, a
         assert main(["scan", str(folder), "--model", str(artifact), "--out", str(out), "--no-progress"]) == 2, out
         assert reason in capsys.readouterr().err
     assert (folder / "coffee.jpg").read_bytes() == original
+
+
+def test_explain_survives_hostile_image_names(photo_dir, artifact, tmp_path, capsys):
+    """`sid-edge explain --images`: a Latin-1 name ended in 'unexpected failure' (matplotlib cannot draw a lone
+    surrogate), a bad file below a folder named '[' (path '…/[/b]bad.png') in a rich MarkupError, and a line break
+    in a name split the report's heading. Each image gets its section; names are shown as scan rows show them."""
+    pytest.importorskip("matplotlib")
+    import shutil
+
+    from sid_edge.cli import main
+
+    folder = tmp_path / "in"
+    (folder / "[").mkdir(parents=True)
+    latin1 = os.fsencode(folder) + b"/lat\xe9.jpg"
+    shutil.copy(photo_dir / "coffee.jpg", latin1)
+    shutil.copy(photo_dir / "coffee.jpg", folder / "new\nline.jpg")
+    (folder / "[" / "b]bad.png").write_bytes(b"garbage")
+    out = tmp_path / "report"
+    assert main(["explain", str(artifact), "--images", os.fsdecode(latin1), str(folder / "new\nline.jpg"),
+                 str(folder / "[" / "b]bad.png"), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "[/b]bad.png:" in err and "not an image (unrecognised format)" in err
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "### lat\\xe9.jpg: p_synthetic" in report
+    assert "### new line.jpg: p_synthetic" in report
+    assert "### b]bad.png\n\nNot scored: not an image (unrecognised format)" in report

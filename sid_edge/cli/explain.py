@@ -26,7 +26,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from rich.markup import escape
+
     from sid_edge.runtime.images import discover_images
+    from sid_edge.runtime.scan import path_text
     from sid_edge.artifact.manifest import ManifestError
 
     if args.top < 1:
@@ -47,7 +50,7 @@ def run(args) -> int:
             raise ModelError(str(e)) from e
     failed = [img for img in report.images if img.error is not None]
     for img in failed:
-        console.print(f"[yellow]skipped[/] {img.source}: {img.error}", highlight=False)
+        console.print(f"[yellow]skipped[/] {escape(path_text(img.source))}: {escape(img.error)}", highlight=False)
     console.print(f"report written to {report.markdown} ({len(report.charts)} charts: {len(report.directions)} "
                   f"directions, {len(report.images) - len(failed)} images)", highlight=False)
     return EXIT_OK

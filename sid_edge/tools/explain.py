@@ -32,6 +32,7 @@ import numpy as np
 
 from sid_edge.artifact.manifest import Manifest, ManifestError, artifact_path, read_manifest, verify_files
 from sid_edge.runtime.concept_ranking import concept_names
+from sid_edge.runtime.scan import path_text
 
 DEFAULT_TOP = 8
 REPORT_NAME = "report.md"
@@ -211,7 +212,7 @@ def _image_chart(path: Path, img: ImageExplanation, value_label: str, direction_
     panels = 3 if has_terms else 2
     fig = _figure(13.5 if has_terms else 10.0, max(0.28 * n + 1.8, 2.6))
     grid = fig.add_gridspec(1, panels, width_ratios=[1.0, 2.0, 2.2][-panels:] if panels == 2 else [1.0, 2.0, 2.2])
-    name = Path(str(img.source)).name
+    name = path_text(Path(str(img.source)).name)  # a non-UTF-8 name has \xNN escapes, as in scan rows
     thumb = _thumbnail(img.source)
     ax = fig.add_subplot(grid[0, 0])
     ax.axis("off")
@@ -249,7 +250,8 @@ def _concept_model_chart(path: Path, names: list[str], weights: np.ndarray, n: i
 
 # ---------------------------------------------------------------------------------------------------- report
 def _md(text: str) -> str:
-    return str(text).replace("|", "\\|")
+    # One line of a table or heading: a line break in a file name would end it and start markup of its own.
+    return re.sub(r"[\r\n]+", " ", str(text)).replace("|", "\\|")
 
 
 def _pair_table(left_title: str, left: list, right_title: str, right: list, value: str) -> list[str]:
@@ -433,7 +435,7 @@ def _markdown(model_dir, manifest: dict, report: ExplainReport, cm_weights) -> s
     if report.images:
         lines += ["## Images", ""]
         for img in report.images:
-            name = _md(Path(img.source).name)
+            name = _md(path_text(Path(img.source).name))
             if img.error is not None:
                 lines += [f"### {name}", "", f"Not scored: {_md(img.error)}", ""]
                 continue
