@@ -149,3 +149,24 @@ def test_explain_survives_hostile_image_names(photo_dir, artifact, tmp_path, cap
     assert "### lat\\xe9.jpg: p_synthetic" in report
     assert "### new line.jpg: p_synthetic" in report
     assert "### b]bad.png\n\nNot scored: not an image (unrecognised format)" in report
+
+
+def test_provenance_json_maps_non_utf8_names_back_like_scan(photo_dir, tmp_path, capsys):
+    """`sid-edge provenance --json` wrote a Latin-1 name's raw byte into the JSON line (not UTF-8: a consumer's
+    json.loads fails, a strict stdout raises). It now writes the scan rows' form: \\xNN escapes plus path_bytes."""
+    import base64
+    import json
+    import shutil
+
+    from sid_edge.cli import main
+
+    latin1 = os.fsencode(tmp_path) + b"/lat\xe9.jpg"
+    shutil.copy(photo_dir / "coffee.jpg", latin1)
+    capsys.readouterr()
+    assert main(["provenance", "--json", "--no-watermark", os.fsdecode(latin1)]) == 0
+    line = capsys.readouterr().out.strip()
+    row = json.loads(line.encode("utf-8").decode("utf-8"))  # strict UTF-8 both ways
+    assert row["path"] == os.fsdecode(tmp_path) + "/lat\\xe9.jpg"
+    assert base64.b64decode(row["path_bytes"]) == latin1
+    assert main(["provenance", "--no-watermark", os.fsdecode(latin1)]) == 0
+    capsys.readouterr().out.encode("utf-8")

@@ -30,6 +30,7 @@ def run(args) -> int:
 
     from sid_edge.provenance import ProvenanceReader
     from sid_edge.runtime.images import discover_images
+    from sid_edge.runtime.scan import _path_bytes, path_text
 
     missing = [p for p in args.paths if not Path(p).exists() and not Path(p).is_symlink()]
     if missing:
@@ -51,7 +52,9 @@ def run(args) -> int:
         result = reader.read(path)
         with_signals += bool(result.signals)
         if args.json:
-            print(json.dumps({"path": str(path), **result.to_dict()}, ensure_ascii=False))
+            raw = _path_bytes(path)  # a non-UTF-8 name: \xNN escapes in "path", the exact bytes here (as scan rows)
+            print(json.dumps({"path": path_text(path), **({"path_bytes": raw} if raw else {}), **result.to_dict()},
+                             ensure_ascii=False))
             continue
         _print(out, path, result)
     if not args.json:
@@ -63,7 +66,9 @@ def run(args) -> int:
 def _print(out, path, result) -> None:
     from rich.markup import escape
 
-    out.print(f"[bold]{escape(str(path))}[/]", highlight=False)
+    from sid_edge.runtime.scan import path_text
+
+    out.print(f"[bold]{escape(path_text(path))}[/]", highlight=False)
     if not result.signals:
         out.print("  no provenance signals", highlight=False)
     for s in result.signals:
