@@ -170,3 +170,34 @@ def test_provenance_json_maps_non_utf8_names_back_like_scan(photo_dir, tmp_path,
     assert base64.b64decode(row["path_bytes"]) == latin1
     assert main(["provenance", "--no-watermark", os.fsdecode(latin1)]) == 0
     capsys.readouterr().out.encode("utf-8")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_name_with_a_carriage_return_is_one_csv_row_and_resumes(photo_dir, artifact, tmp_path, suffix):
+    """Python's csv module quoted only the lineterminator's characters, so a name holding a CR was written unquoted:
+    every CSV reader split that row in two, and a resume never matched it (the file was scored again each time)."""
+    import shutil
+
+    from sid_edge import Detector
+    from sid_edge.runtime.scan import scan
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(photo_dir / "coffee.jpg", folder / "cr\r.jpg")
+    shutil.copy(photo_dir / "rocket.jpg", folder / "plain.jpg")
+    out = tmp_path / f"r{suffix}"
+    with Detector.load(artifact) as det:
+        first = scan([folder], det, out=out, progress=False)
+        before = out.read_bytes()
+        again = scan([folder], det, out=out, progress=False, resume=True)
+    assert (first.scored, again.kept, again.scored) == (2, 2, 0)
+    assert out.read_bytes() == before
+    if suffix == ".csv":  # every CSV reader sees two rows, the CR kept inside its quoted cell
+        import csv
+
+        pd = pytest.importorskip("pandas")
+
+        with open(out, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert [r["path"] for r in rows] == [str(folder / "cr\r.jpg"), str(folder / "plain.jpg")]
+        assert list(pd.read_csv(out)["path"]) == [str(folder / "cr\r.jpg"), str(folder / "plain.jpg")]

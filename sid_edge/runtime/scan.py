@@ -106,6 +106,22 @@ def csv_safe(text: str) -> str:
     return "'" + text if text.startswith(FORMULA_START) else text
 
 
+class CsvWriter(csv.DictWriter):
+    """``csv.DictWriter`` writing rows that end in ``"\n"`` and quoting every cell of a row that holds a carriage
+    return: Python's csv module quotes only the characters of its ``lineterminator``, so with ``"\n"`` a name
+    holding a bare CR would be written unquoted and every CSV reader (csv with ``newline=""``, pandas, spreadsheets)
+    would split that row in two."""
+
+    def __init__(self, f: IO[str], fieldnames: Sequence[str]):
+        super().__init__(f, fieldnames=fieldnames, lineterminator="\n")
+        self._quoted = csv.DictWriter(f, fieldnames=fieldnames, lineterminator="\n", quoting=csv.QUOTE_ALL)
+
+    def writerow(self, rowdict):
+        if any(isinstance(v, str) and "\r" in v for v in rowdict.values()):
+            return self._quoted.writerow(rowdict)
+        return super().writerow(rowdict)
+
+
 class ResultWriter:
     """Writes rows as CSV (header first) or JSONL (one object per line), chosen by ``fmt`` ("csv" | "jsonl").
     ``concepts``: add the ``top_concepts`` field (after the standard ones); ``provenance``: add the ``provenance``
@@ -124,7 +140,7 @@ class ResultWriter:
                            + (("top_concepts",) if concepts else ())
                            + (("stability_spread", "stability_flips") if stability else ())
                            + (("provenance",) if provenance else ()))
-            self._csv = csv.DictWriter(stream, fieldnames=self.fields, lineterminator="\n")
+            self._csv = CsvWriter(stream, self.fields)
             if header:
                 self._csv.writeheader()
 
@@ -315,7 +331,9 @@ def _earlier_rows(out: Path, fmt: str, files: dict[str, Path], settings: dict | 
         if _path_bytes(path):
             by_text.setdefault(_path_bytes(path), key)
     kept: dict[str, str] = {}
-    for shown, record in _complete_records(out.read_text(encoding="utf-8", errors="replace"), fmt):
+    with open(out, encoding="utf-8", errors="replace", newline="") as f:  # newline="": a CR inside a name stays a CR
+        earlier = f.read()
+    for shown, record in _complete_records(earlier, fmt):
         shown = shown[1:] if fmt == "csv" and shown.startswith("'") and shown[1:].startswith(FORMULA_START) else shown
         key = by_text.get(shown)
         if key is not None and key not in kept and confirmed.get(key) == _stamp(files[key]):

@@ -17,7 +17,6 @@ JSONL by extension) so that the rows file stays one row per frame.
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
 import sys
@@ -32,7 +31,7 @@ from sid_edge.runtime.concept_ranking import DEFAULT_TOP_CONCEPTS
 from sid_edge.runtime.detector import Detector, Prediction
 from sid_edge.runtime.images import DEFAULT_MAX_PIXELS
 from sid_edge.runtime.progress import progress_bar
-from sid_edge.runtime.scan import ResultWriter, _locked_output, check_output, output_format
+from sid_edge.runtime.scan import CsvWriter, ResultWriter, _locked_output, check_output, output_format
 from sid_edge.streams.reader import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, FrameReader, StreamIssue
 from sid_edge.streams.sources import MediaDiscovery, MediaInput, VideoSourceError, discover_media
 
@@ -122,7 +121,7 @@ def write_summaries(path: str | os.PathLike, summaries: Sequence[VideoSummary]) 
             for s in summaries:
                 f.write(json.dumps(s.to_dict(), ensure_ascii=False) + "\n")
         else:
-            w = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
+            w = CsvWriter(f, SUMMARY_FIELDS)
             w.writeheader()
             for s in summaries:
                 w.writerow({k: ("" if v is None else f"{v:.7g}" if isinstance(v, float) else v) for k, v in s.to_dict().items()})
