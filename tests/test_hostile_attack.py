@@ -201,3 +201,44 @@ def test_a_name_with_a_carriage_return_is_one_csv_row_and_resumes(photo_dir, art
             rows = list(csv.DictReader(f))
         assert [r["path"] for r in rows] == [str(folder / "cr\r.jpg"), str(folder / "plain.jpg")]
         assert list(pd.read_csv(out)["path"]) == [str(folder / "cr\r.jpg"), str(folder / "plain.jpg")]
+
+
+def test_videos_with_non_utf8_and_formula_names(artifact, tmp_path, monkeypatch, capsys):
+    """A video whose name is Latin-1 bytes crashed the whole scan with SIGSEGV (cv2.VideoCapture on a str holding
+    a lone surrogate): every later row lost. The per-video summary wrote '=1+1.mp4' as a live formula and died with
+    UnicodeEncodeError on the Latin-1 name. Now: rows and summaries as image rows are written."""
+    cv2 = pytest.importorskip("cv2")
+    import base64
+    import csv
+    import json
+
+    import numpy as np
+
+    from sid_edge.cli import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    latin1 = os.fsencode(folder) + b"/vid\xe9.mp4"
+    for name in (folder / "=1+1.mp4", latin1):
+        tmp = str(tmp_path / "tmp.mp4")
+        w = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (64, 48))
+        for i in range(10):
+            w.write(np.full((48, 64, 3), 20 * i, np.uint8))
+        w.release()
+        os.rename(tmp, name)
+    monkeypatch.chdir(folder)
+    assert main(["scan", ".", "--model", str(artifact), "--out", str(tmp_path / "rows.csv"), "--summary",
+                 str(tmp_path / "s.csv"), "--no-progress"]) == 0
+    with open(tmp_path / "rows.csv", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted({r["path"] for r in rows}) == ["'=1+1.mp4", "vid\\xe9.mp4"]
+    assert all(r["p_synthetic"] and not r["error"] for r in rows)
+    with open(tmp_path / "s.csv", encoding="utf-8", newline="") as f:
+        summary = {r["path"]: r for r in csv.DictReader(f)}
+    assert sorted(summary) == ["'=1+1.mp4", "vid\\xe9.mp4"] and summary["vid\\xe9.mp4"]["frames_scored"] == "2"
+    assert main(["scan", ".", "--model", str(artifact), "--out", str(tmp_path / "rows.jsonl"), "--summary",
+                 str(tmp_path / "s.jsonl"), "--no-progress"]) == 0
+    lines = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text(encoding="utf-8").splitlines()]
+    by_path = {x["path"]: x for x in lines}
+    assert base64.b64decode(by_path["vid\\xe9.mp4"]["path_bytes"]) == b"vid\xe9.mp4"
+    assert "=1+1.mp4" in by_path and "path_bytes" not in by_path["=1+1.mp4"]

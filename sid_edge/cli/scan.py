@@ -206,6 +206,7 @@ def _check_video_args(args) -> None:
 
 def _scan_media(args, det, progress, media) -> int:
     """Scans that include videos or live sources (sid_edge.streams): rows with frame/time_s, per-video summaries."""
+    import dataclasses
     import os
 
     import cv2
@@ -227,7 +228,10 @@ def _scan_media(args, det, progress, media) -> int:
         raise UsageError(str(e)) from None
     for folder in s.unreadable_folders:
         console.print(f"could not list {folder} (its files were not scanned)", highlight=False, markup=False)
+    from sid_edge.runtime.scan import path_text
+
     for v in s.videos_summary[:20]:
+        v = dataclasses.replace(v, path=path_text(v.path))  # a non-UTF-8 name as the rows show it
         if v.frames_scored:
             first = f", first flagged at {v.first_flagged_time_s:.3f} s (frame {v.first_flagged_frame})" if v.flagged else ""
             console.print(f"{v.path}: {count(v.frames_scored, 'frame')} scored, max p_synthetic {v.max_p_synthetic:.3f}, "

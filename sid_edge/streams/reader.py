@@ -120,6 +120,32 @@ def _open_file(url: str) -> cv2.VideoCapture:
                 os.environ[_CAPTURE_OPTIONS] = before
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _open_non_utf8(path: str, name: str) -> cv2.VideoCapture:
+    """Open a file whose name is not valid UTF-8 (its undecodable bytes are lone surrogates in ``path``, and
+    ``cv2.VideoCapture`` crashes the whole process with SIGSEGV on such a str): open the file here and hand FFmpeg
+    ``/proc/self/fd/N``, a name made of ASCII that points at the same file (FFmpeg opens its own descriptor)."""
+    try:
+        fd = os.open(os.fsencode(path), os.O_RDONLY)
+    except OSError as e:
+        raise VideoSourceError(name, f"cannot open file ({e.strerror or e})") from None
+    try:
+        proc = f"/proc/self/fd/{fd}"
+        if not os.path.exists(proc):
+            raise VideoSourceError(name, "file name is not valid UTF-8 and this system has no /proc/self/fd to open it "
+                                         "by; rename the file")
+        return _open_file("file:" + proc)
+    finally:
+        os.close(fd)
+
+
 def _check_file(path: str, name: str) -> None:
     try:
         st = os.stat(path)
@@ -204,13 +230,20 @@ class FrameReader:
         if cam is not None:
             cap = cv2.VideoCapture(cam, cv2.CAP_ANY, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
         elif self.live:
-            cap = cv2.VideoCapture(os.fspath(self.source), cv2.CAP_FFMPEG,
+            url = os.fspath(self.source)
+            if not _utf8(url):  # OpenCV crashes the process (SIGSEGV) on a str holding a lone surrogate
+                raise VideoSourceError(self.name, "not a valid UTF-8 URL")
+            cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG,
                                    [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
         else:
             path = os.fsdecode(self.source)
             _check_file(path, self.name)
             # "file:" + absolute path: FFmpeg never reads a name like "http:x" or "concat:a|b" as a protocol.
-            cap = _open_file("file:" + os.path.abspath(path))
+            url = "file:" + os.path.abspath(path)
+            if _utf8(url):
+                cap = _open_file(url)
+            else:
+                cap = _open_non_utf8(path, self.name)
         if not cap.isOpened():
             cap.release()
             if cam is not None:

@@ -31,7 +31,8 @@ from sid_edge.runtime.concept_ranking import DEFAULT_TOP_CONCEPTS
 from sid_edge.runtime.detector import Detector, Prediction
 from sid_edge.runtime.images import DEFAULT_MAX_PIXELS
 from sid_edge.runtime.progress import progress_bar
-from sid_edge.runtime.scan import CsvWriter, ResultWriter, _locked_output, check_output, output_format
+from sid_edge.runtime.scan import (CsvWriter, ResultWriter, _locked_output, _path_bytes, check_output, csv_safe,
+                                    output_format, path_text)
 from sid_edge.streams.reader import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, FrameReader, StreamIssue
 from sid_edge.streams.sources import MediaDiscovery, MediaInput, VideoSourceError, discover_media
 
@@ -117,14 +118,21 @@ def write_summaries(path: str | os.PathLike, summaries: Sequence[VideoSummary]) 
     (``.jsonl``/``.ndjson``; null for None)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
+        # Paths as the rows write them: \xNN escapes for a non-UTF-8 name (+ path_bytes in JSONL), CSV cells that
+        # a spreadsheet would evaluate prefixed with ' (see sid_edge.runtime.scan).
         if output_format(path) == "jsonl":
             for s in summaries:
-                f.write(json.dumps(s.to_dict(), ensure_ascii=False) + "\n")
+                row = s.to_dict()
+                raw = _path_bytes(row["path"])
+                row["path"] = path_text(row["path"])
+                f.write(json.dumps({**row, **({"path_bytes": raw} if raw else {})}, ensure_ascii=False) + "\n")
         else:
             w = CsvWriter(f, SUMMARY_FIELDS)
             w.writeheader()
             for s in summaries:
-                w.writerow({k: ("" if v is None else f"{v:.7g}" if isinstance(v, float) else v) for k, v in s.to_dict().items()})
+                row = {k: ("" if v is None else f"{v:.7g}" if isinstance(v, float) else v) for k, v in s.to_dict().items()}
+                row["path"], row["error"] = csv_safe(path_text(row["path"])), csv_safe(row["error"] or "")
+                w.writerow(row)
 
 
 class _Rows:
