@@ -242,3 +242,36 @@ def test_videos_with_non_utf8_and_formula_names(artifact, tmp_path, monkeypatch,
     by_path = {x["path"]: x for x in lines}
     assert base64.b64decode(by_path["vid\\xe9.mp4"]["path_bytes"]) == b"vid\xe9.mp4"
     assert "=1+1.mp4" in by_path and "path_bytes" not in by_path["=1+1.mp4"]
+
+
+def test_evaluate_scores_csv_with_non_utf8_names_and_formula_sources(photo_dir, artifact, tmp_path):
+    """`sid-edge evaluate` on a dataset holding a Latin-1 file name ended in 'unexpected failure' (exit 1) while
+    writing scores.csv; a CSV dataset's `source` column (the dataset author's text) reached scores.csv as a live
+    spreadsheet formula. Both are now written as scan rows are."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    import csv
+    import shutil
+
+    from sid_edge.cli import main
+
+    folder = tmp_path / "ds"
+    (folder / "real").mkdir(parents=True)
+    (folder / "synthetic").mkdir()
+    shutil.copy(photo_dir / "coffee.jpg", folder / "real" / "coffee.jpg")
+    shutil.copy(photo_dir / "astronaut.png", folder / "real" / "astronaut.png")
+    shutil.copy(photo_dir / "rocket.jpg", os.fsencode(folder / "synthetic") + b"/lat\xe9.jpg")
+    shutil.copy(photo_dir / "moon.png", folder / "synthetic" / "moon.png")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,source\n"
+                        f"{folder / 'real' / 'coffee.jpg'},0,real\n"
+                        f"{folder / 'synthetic' / 'moon.png'},1,\"=HYPERLINK(\"\"http://x\"\")\"\n", encoding="utf-8")
+    out = tmp_path / "report"
+    assert main(["evaluate", str(artifact), "--data", str(folder), str(manifest), "--out", str(out),
+                 "--no-progress", "--no-cache"]) == 0
+    with open(out / "scores.csv", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert any(r["key"].endswith("synthetic/lat\\xe9.jpg") for r in rows)
+    assert '\'=HYPERLINK("http://x")' in {r["source"] for r in rows}
+    text = ("detector", "dataset", "key", "image_id", "source", "error")
+    assert not any(r[k].startswith(("=", "+", "-", "@")) for r in rows for k in text)

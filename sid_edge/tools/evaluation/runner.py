@@ -698,14 +698,23 @@ def write_report(ev: Evaluation, out_dir: str | os.PathLike, band_coverage: floa
 
 
 def _write_scores(ev: Evaluation, path: Path) -> Path:
-    """One row per (detector, dataset, image): key, image_id, label, source, p_synthetic, logit, error."""
+    """One row per (detector, dataset, image): key, image_id, label, source, p_synthetic, logit, error.
+
+    Text cells are written as scan rows write them (:mod:`sid_edge.runtime.scan`): a non-UTF-8 file name with
+    ``\\xNN`` escapes, a cell a spreadsheet would evaluate (a dataset's ``source`` column is the dataset author's
+    text) prefixed with ``'``."""
+    from sid_edge.runtime.scan import csv_safe, path_text
+
+    def cell(v):
+        return csv_safe(path_text(v)) if isinstance(v, str) else v
+
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["detector", "dataset", "key", "image_id", "label", "source", "p_synthetic", "logit", "error"])
         for (det, ds), s in ev.scored.items():
             for i in range(len(s.labels)):
-                w.writerow([det, ds, s.keys[i], s.image_ids[i], int(s.labels[i]), s.sources[i],
-                            f"{float(s.p_synthetic[i]):.9g}", f"{float(s.logit[i]):.9g}", ""])
+                w.writerow([cell(det), cell(ds), cell(s.keys[i]), cell(s.image_ids[i]), int(s.labels[i]),
+                            cell(s.sources[i]), f"{float(s.p_synthetic[i]):.9g}", f"{float(s.logit[i]):.9g}", ""])
             for key, reason in s.failed:
-                w.writerow([det, ds, key, "", "", "", "", "", reason])
+                w.writerow([cell(det), cell(ds), cell(key), "", "", "", "", "", cell(reason)])
     return path
