@@ -275,3 +275,20 @@ def test_evaluate_scores_csv_with_non_utf8_names_and_formula_sources(photo_dir, 
     assert '\'=HYPERLINK("http://x")' in {r["source"] for r in rows}
     text = ("detector", "dataset", "key", "image_id", "source", "error")
     assert not any(r[k].startswith(("=", "+", "-", "@")) for r in rows for k in text)
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"path,label\n\xff\xfe,1\n", "not UTF-8 text"),
+    (b"label,path\n1\n", ":2: empty path"),  # a short row: no path cell at all
+    (b'path,label\n"' + b"a" * 200_000 + b'",1\n', "not a readable CSV manifest (field larger than field limit"),
+])
+def test_malformed_csv_dataset_manifest_is_a_named_error(tmp_path, content, reason):
+    """A short row ended `evaluate`/`train` in 'unexpected failure' (TypeError on a None path), an over-long field in
+    csv.Error (exit 1); a non-UTF-8 manifest's message did not name the file. All are ValueErrors naming it."""
+    from sid_edge.tools.datasets import read_labelled_images
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(content)
+    with pytest.raises(ValueError) as e:
+        read_labelled_images(manifest)
+    assert str(e.value).startswith(str(manifest)) and reason in str(e.value)

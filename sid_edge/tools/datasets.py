@@ -199,6 +199,17 @@ def _read_label_folders(root: Path, source: str | None) -> list[LabelledImage]:
 
 
 def _read_csv_manifest(path: Path) -> list[LabelledImage]:
+    """Rows of a CSV manifest. Raises ValueError naming the file (and line): not UTF-8, malformed CSV (a field over
+    csv's field size limit, an unterminated quote), a missing column, an empty path, a label other than 0/1."""
+    try:
+        return _csv_manifest_rows(path)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except csv.Error as e:
+        raise ValueError(f"{path}: not a readable CSV manifest ({e})") from None
+
+
+def _csv_manifest_rows(path: Path) -> list[LabelledImage]:
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
@@ -210,6 +221,8 @@ def _read_csv_manifest(path: Path) -> list[LabelledImage]:
             raw = (row.get("label") or "").strip()
             if raw not in ("0", "1"):
                 raise ValueError(f"{path}:{line}: label {raw!r} is not 0 (real) or 1 (synthetic)")
+            if not row.get("path"):
+                raise ValueError(f"{path}:{line}: empty path")
             p = Path(row["path"])
             if not p.is_absolute():
                 p = path.parent / p
