@@ -292,3 +292,24 @@ def test_malformed_csv_dataset_manifest_is_a_named_error(tmp_path, content, reas
     with pytest.raises(ValueError) as e:
         read_labelled_images(manifest)
     assert str(e.value).startswith(str(manifest)) and reason in str(e.value)
+
+
+def test_export_out_that_holds_an_input_or_cannot_be_written_is_a_usage_error(trained_head, tmp_path, capsys):
+    """`export --head H --out H --overwrite` (or --out H's parent) deleted the head being exported; `--out` naming
+    a file said 'not empty' with exit 3; an unwritable --out ended in 'unexpected failure' (exit 1). All exit 2."""
+    import shutil
+
+    from sid_edge.cli import main
+
+    head = tmp_path / "work" / "head"
+    shutil.copytree(trained_head, head)
+    before = sorted(p.name for p in head.iterdir())
+    base = ["export", "--head", str(head), "--clip-model", "sid-edge-tiny", "--clip-pretrained", "none",
+            "--precision", "fp32"]
+    for out, extra, reason in ((head, ["--overwrite"], "holds --head"), (head.parent, ["--overwrite"], "holds --head"),
+                               (head / "head.json", [], "is a file"), (head, [], "not empty"),
+                               ("/proc/sid-edge-artifact", [], "cannot write the artifact there")):
+        capsys.readouterr()
+        assert main(base + ["--out", str(out)] + extra) == 2, out
+        assert reason in capsys.readouterr().err
+    assert sorted(p.name for p in head.iterdir()) == before

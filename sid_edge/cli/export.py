@@ -93,6 +93,7 @@ def run(args) -> int:
     if args.calibration:
         check_dataset(args.calibration, args.calibration_split)
         check_dataset(args.fidelity_data or args.calibration, args.fidelity_split)
+    _check_out(args)
     try:
         _, head_cfg = load_head(args.head)
     except FileNotFoundError as e:
@@ -116,6 +117,8 @@ def run(args) -> int:
                                        preprocessing=args.preprocessing)
         except ValueError as e:
             raise ModelError(str(e)) from e
+        except OSError as e:  # the folder cannot be created or written (read-only place, /proc, a full disk)
+            raise UsageError(f"--out {args.out}: cannot write the artifact there ({e.strerror or e})") from e
     console.print(f"preprocessing: {manifest.preprocessing.describe()}", highlight=False)
     fid = manifest.models["fp32"].fidelity.pytorch_parity
     console.print(f"FP32 graph written to {args.out}: max |Δlogit| ONNX Runtime vs PyTorch = "
@@ -132,6 +135,26 @@ def run(args) -> int:
     if build_options is not None:
         build_engines(args.out, None, build_options)
     return EXIT_OK
+
+
+def _check_out(args) -> None:
+    """--out must be a folder to create (or, with --overwrite, to replace) that holds none of the inputs: replacing
+    it would otherwise delete the head being exported (``--head H --out H --overwrite``). UsageError (exit 2)."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out}: is a file; name a folder for the artifact")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise UsageError(f"--out {args.out}: not empty; choose a new --out or pass --overwrite")
+    target = out.resolve()
+    inputs = [("--head", args.head), ("--concept-model", args.concept_model), ("--vocabulary", args.vocabulary),
+              ("--calibration", args.calibration), ("--fidelity-data", args.fidelity_data)]
+    inputs += [("--parity-images", p) for p in args.parity_images]
+    for flag, value in inputs:
+        if value is None or not Path(value).exists():
+            continue
+        p = Path(value).resolve()
+        if p == target or target in p.parents:
+            raise UsageError(f"--out {args.out}: holds {flag} {value}; writing the artifact there would destroy it")
 
 
 def _add_variants(args) -> dict:
