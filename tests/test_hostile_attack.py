@@ -313,3 +313,23 @@ def test_export_out_that_holds_an_input_or_cannot_be_written_is_a_usage_error(tr
         assert main(base + ["--out", str(out)] + extra) == 2, out
         assert reason in capsys.readouterr().err
     assert sorted(p.name for p in head.iterdir()) == before
+
+
+@pytest.mark.parametrize("command", ["explain", "evaluate"])
+def test_report_out_that_is_a_file_or_unwritable_is_a_usage_error(artifact, tmp_path, capsys, command):
+    """`explain`/`evaluate --out` naming a file, a path below a file, or an uncreatable place ended in 'unexpected
+    failure' (FileExistsError/FileNotFoundError, exit 1), evaluate only after scoring every image. Exit 2 at once."""
+    pytest.importorskip("matplotlib")
+    from sid_edge.cli import main
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    data = tmp_path / "m.csv"
+    data.write_text("path,label\nx.png,0\n")
+    extra = ["--data", str(data), "--no-progress"] if command == "evaluate" else []
+    for out, reason in ((a_file, "is a file"), (a_file / "sub", "cannot create this folder"),
+                        ("/proc/sid-edge-report", "cannot create this folder")):
+        capsys.readouterr()
+        assert main([command, str(artifact), "--out", str(out)] + extra) == 2, out
+        assert reason in capsys.readouterr().err
+    assert a_file.read_text() == "x"

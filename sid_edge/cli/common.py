@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+from pathlib import Path
 
 from sid_edge.artifact.names import (
     BACKEND_CHOICES,
@@ -81,6 +83,21 @@ def check_dataset(data: str, split: str) -> None:
         read_labelled_images(data, split=split)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from e
+
+
+def prepare_report_dir(out) -> Path:
+    """Create the report folder ``--out`` (parents included) before any long work. Raises UsageError (exit 2) when
+    it is a file, lies below a file, or cannot be created or written (a read-only place, /proc)."""
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"--out {out}: is a file; name a folder for the report")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot create this folder ({e.strerror or e})") from None
+    if not os.access(p, os.W_OK):
+        raise UsageError(f"--out {out}: this folder is not writable")
+    return p
 
 
 def stdout_console():

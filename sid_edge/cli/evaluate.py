@@ -10,6 +10,7 @@ from sid_edge.cli.common import (
     BACKEND_CHOICES,
     EXIT_OK,
     ModelError,
+    prepare_report_dir,
     PRECISIONS,
     UsageError,
     console,
@@ -111,6 +112,7 @@ def run(args) -> int:
                          "threshold the manifest keeps)")
     if not 0.0 < args.band_coverage <= 1.0:
         raise UsageError(f"--band-coverage {args.band_coverage}: must be in (0, 1]")
+    prepare_report_dir(args.out)
     reader = None
     if args.provenance:
         from sid_edge.provenance import ProvenanceReader

@@ -6,6 +6,7 @@ from __future__ import annotations
 from sid_edge.cli.common import (
     EXIT_OK,
     ModelError,
+    prepare_report_dir,
     UsageError,
     console,
 )
@@ -43,6 +44,7 @@ def run(args) -> int:
         import matplotlib  # noqa: F401  (a clear message below instead of a traceback mid-report)
     except ImportError as e:
         raise UsageError(f"sid-edge explain needs matplotlib: pip install 'sid-edge[explain]' ({e})") from e
+    prepare_report_dir(args.out)
     with console.status("Writing the explanation report…"):
         try:
             report = explain(args.model, args.out, images, top=args.top, backend=args.backend)
