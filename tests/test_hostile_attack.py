@@ -333,3 +333,26 @@ def test_report_out_that_is_a_file_or_unwritable_is_a_usage_error(artifact, tmp_
         assert main([command, str(artifact), "--out", str(out)] + extra) == 2, out
         assert reason in capsys.readouterr().err
     assert a_file.read_text() == "x"
+
+
+@pytest.mark.parametrize("args, reason", [
+    (["scan", "--workers", "-1"], "--workers -1: must be >= 1"),
+    (["scan", "--workers", "0"], "--workers 0: must be >= 1"),
+    (["scan", "--max-pixels", "-5"], "--max-pixels -5: must be >= 1"),
+    (["scan", "--max-pixels", "0"], "--max-pixels 0: must be >= 1"),
+    (["evaluate", "--workers", "-2"], "--workers -2: must be >= 1"),
+])
+def test_worker_and_pixel_limits_are_checked(artifact, photo_dir, tmp_path, capsys, args, reason):
+    """`scan --workers -1` ended in 'unexpected failure' (exit 1); `--max-pixels -5` turned every image into an
+    error row with exit 0, and `--max-pixels 0` silently meant the default. All are usage errors (exit 2)."""
+    from sid_edge.cli import main
+
+    command, *flags = args
+    if command == "scan":
+        argv = ["scan", str(photo_dir / "coffee.jpg"), "--model", str(artifact), "--no-progress"] + flags
+    else:
+        data = tmp_path / "m.csv"
+        data.write_text(f"path,label\n{photo_dir / 'coffee.jpg'},0\n")
+        argv = ["evaluate", str(artifact), "--data", str(data), "--out", str(tmp_path / "r"), "--no-progress"] + flags
+    assert main(argv) == 2
+    assert reason in capsys.readouterr().err

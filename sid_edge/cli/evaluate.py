@@ -93,6 +93,8 @@ def run(args) -> int:
         raise UsageError(f"--target-fpr {args.target_fpr}: must be in [0, 1]")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: must be >= 1")
     if args.c2pa_trust and not args.provenance:
         raise UsageError("--c2pa-trust needs --provenance")
     perturbations = []

@@ -112,6 +112,10 @@ def run(args) -> int:
         raise UsageError(f"--top-concepts {args.top_concepts}: must be >= 0")
     if args.stability < 0:
         raise UsageError(f"--stability {args.stability}: must be >= 0")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: must be >= 1")
+    if args.max_pixels is not None and args.max_pixels < 1:
+        raise UsageError(f"--max-pixels {args.max_pixels}: must be >= 1")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise UsageError(f"--threshold {args.threshold}: must be in [0, 1] (it applies to p_synthetic)")
     from sid_edge.streams.sources import discover_media, is_live_source
