@@ -356,3 +356,19 @@ def test_worker_and_pixel_limits_are_checked(artifact, photo_dir, tmp_path, caps
         argv = ["evaluate", str(artifact), "--data", str(data), "--out", str(tmp_path / "r"), "--no-progress"] + flags
     assert main(argv) == 2
     assert reason in capsys.readouterr().err
+
+
+def test_lazy_pil_image_is_held_to_the_pixel_limit_before_loading(artifact, photo_dir):
+    """A PIL image from Image.open is lazy: Detector.predict loaded it whatever its size (only Pillow's own 2x limit
+    applied), skipping the decompression-bomb limit that the same file passed by path gets."""
+    from PIL import Image
+
+    from sid_edge import Detector
+
+    with Detector.load(artifact) as det, Image.open(photo_dir / "coffee.jpg") as lazy:
+        w, h = lazy.size
+        [pred] = next(iter(det.predict_batches([lazy], max_pixels=w * h - 1)))
+        [by_path] = next(iter(det.predict_batches([str(photo_dir / "coffee.jpg")], max_pixels=w * h - 1)))
+        assert pred.p_synthetic is None and pred.error == by_path.error
+        assert pred.error.startswith(f"decompression bomb: {w}x{h} = {w * h} pixels exceeds the limit of {w * h - 1}")
+        assert det.predict(lazy)[0].ok  # within the default limit it is scored

@@ -18,6 +18,7 @@ from PIL import Image, ImageOps
 from sid_edge.runtime.images import (
     DEFAULT_MAX_PIXELS,
     ImageDecodeError,
+    _bomb_reason,
     load_and_preprocess,
     open_image_source,
     preprocess,
@@ -67,14 +68,18 @@ def result_source(index: int, source) -> object:
     return source if isinstance(source, (str, os.PathLike)) or hasattr(source, "resolve_image") else index
 
 
-def own_copy(source):
+def own_copy(source, max_pixels: int | None = DEFAULT_MAX_PIXELS):
     """Make an input safe to hand to a decoder thread, in the caller's thread.
 
     PIL images are not thread-safe (the same object passed twice would be decoded by two threads at once): each
     gets a private, loaded copy, upright by its EXIF orientation as a file passed by path would be. File objects
-    are read here (their position belongs to the caller). Raises ImageDecodeError for a PIL image that cannot load.
+    are read here (their position belongs to the caller). Raises ImageDecodeError for a PIL image that cannot load
+    or has more than ``max_pixels`` pixels (checked before loading: an image from ``Image.open`` is still lazy).
     """
     if isinstance(source, Image.Image):
+        # An image from Image.open is still lazy: check its header size before loading, as decode_image does.
+        if max_pixels is not None and source.width * source.height > max_pixels:
+            raise ImageDecodeError(None, _bomb_reason(source.width, source.height, max_pixels))
         try:
             return ImageOps.exif_transpose(source)  # a new, loaded image (a copy when there is nothing to turn)
         except Exception as e:
@@ -146,7 +151,7 @@ def iter_batches(
                     exhausted = True
                     break
                 try:
-                    src = own_copy(src)
+                    src = own_copy(src, max_pixels)
                 except ImageDecodeError as e:
                     src = e
                 except (ValueError, OSError, TypeError, UnicodeError) as e:  # e.g. a closed or text-mode file object
