@@ -92,7 +92,8 @@ def test_resume_with_other_settings_is_refused_and_keeps_the_earlier_output(phot
     out.write_text("".join(lines[:-1]))  # killed before the last row
     before = out.read_bytes()
     capsys.readouterr()
-    for other in (["--threshold", "0.01"], ["--top-concepts", "0"], ["--no-provenance"], ["--max-pixels", "1000"]):
+    for other in (["--threshold", "0.01"], ["--top-concepts", "0"], ["--no-provenance"], ["--max-pixels", "1000"],
+                  ["--stability", "2"]):
         assert main(args + ["--resume"] + other) == 2, other
         err = capsys.readouterr().err
         assert "the earlier run used other settings" in err and "drop --resume" in err

@@ -294,11 +294,14 @@ def _complete_records(text: str, fmt: str) -> list[tuple[str, str]]:
 def scan_settings(detector: Detector, fmt: str, concepts: bool, provenance: bool, top_concepts: int,
                   max_pixels: int) -> dict:
     """What makes two runs' rows comparable: the model (sha256 of its manifest), precision, threshold, output format
-    and columns, and the limits that decide which files get an error. Recorded first in the resume sidecar."""
+    and columns (concepts, provenance, the stability check's perturbations), and the limits that decide which files
+    get an error. Recorded first in the resume sidecar."""
     manifest = Path(detector.directory) / MANIFEST_NAME
+    checker = getattr(detector, "stability_checker", None)
     return {"model": sha256_file(manifest) if manifest.is_file() else str(detector.directory),
             "precision": detector.precision, "threshold": detector.threshold, "format": fmt, "concepts": concepts,
-            "top_concepts": top_concepts if concepts else 0, "provenance": provenance, "max_pixels": max_pixels}
+            "top_concepts": top_concepts if concepts else 0, "provenance": provenance, "max_pixels": max_pixels,
+            "stability": None if checker is None else [getattr(p, "name", str(p)) for p in checker.perturbations]}
 
 
 def _earlier_rows(out: Path, fmt: str, files: dict[str, Path], settings: dict | None = None) -> dict[str, str]:
