@@ -70,7 +70,9 @@ def write_demo_dataset(out: str | os.PathLike, *, samples: str | os.PathLike | N
             img.crop((x, y, x + cw, y + ch)).save(real / f"{name}_crop{i}.png")
     for i in range(n_rendered):
         size = (int(rng.integers(200, 640)), int(rng.integers(200, 640)))
-        rendered_image(seed * 1000 + i, size).save(synth / f"rendered_{i:03d}.{'png' if i % 2 else 'jpg'}")
+        # Saved like the real photographs (JPEG at quality 92, or PNG) so the label is not predictable from the
+        # container or the JPEG quality (the format-bias check would rightly flag it).
+        rendered_image(seed * 1000 + i, size).save(synth / f"rendered_{i:03d}.{'png' if i % 2 else 'jpg'}", quality=92)
     Image.fromarray(skimage.data.colorwheel()).save(synth / "colorwheel.png")
     Image.fromarray(skimage.data.logo()).convert("RGB").save(synth / "logo.png")
     if samples is not None and Path(samples).is_dir():

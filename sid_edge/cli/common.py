@@ -65,7 +65,13 @@ def count(n: int, noun: str) -> str:
 
 
 def setup_logging(verbose: bool) -> None:
+    import warnings
+
     from rich.logging import RichHandler
+
+    # The decoder refuses such images itself (an error row naming the limit); Pillow's own warning would only
+    # interleave a raw traceback-like line with the results on the terminal.
+    warnings.filterwarnings("ignore", message=r".*could be decompression bomb DOS attack")
 
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,

@@ -183,7 +183,7 @@ def run(args) -> int:
         f"{det.threshold:g}" + (f", {summary.uncertain} uncertain" if det.band is not None else "")
         + f"), {count(summary.errors, 'error')}"
         + (f", {summary.kept} kept from the earlier run" if summary.kept else "")
-        + (f"; skipped {count(skipped, 'file')} that are not images ("
+        + (f"; skipped {count(skipped, 'file')} that {'is not an image' if skipped == 1 else 'are not images'} ("
            + ", ".join(f"{n} {ext or '(no extension)'}" for ext, n in sorted(summary.skipped.items(), key=lambda kv: -kv[1]))
            + "; --all-files scores them too)" if skipped else "")
         + f"; {summary.images_per_second:.1f} images/s on {det.backend_name}"

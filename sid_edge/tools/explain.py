@@ -370,6 +370,9 @@ def _markdown(model_dir, manifest: dict, report: ExplainReport, cm_weights) -> s
     lines = [
         f"# Why this detector flags images: `{Path(model_dir).name}`",
         "",
+        *([f"> **This artifact's CLIP backbone has random weights** ({b['model_name']}, pretrained none): its scores "
+           "and the concepts below mean nothing; it is for pipeline checks only.", ""]
+          if str(b.get("pretrained", "")).lower() == "none" else []),
         f"* backbone: {b['model_name']} / {b['pretrained']}",
         f"* head: {h['kind']}, k = {h['k']} ({_md(h.get('source', '?'))})",
         f"* vocabulary: {vocab.get('count', len(vocab.get('concepts', [])))} concepts from {_md(vocab.get('source', '?'))}"
