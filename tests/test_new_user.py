@@ -19,18 +19,24 @@ ROOT = Path(__file__).resolve().parents[1]
     lambda a, p, t: ["info", str(a)],
     lambda a, p, t: ["explain", str(a), "--images", str(p / "coffee.jpg"), "--out", str(t / "x")],
 ])
-def test_random_weights_are_announced_every_time(artifact, photo_dir, tmp_path, capsys, command):
+def test_random_weights_are_announced_every_time(artifact, photo_dir, tmp_path, capsys, command, monkeypatch):
+    import sid_edge.runtime.detector as detector_module
+
+    monkeypatch.setattr(detector_module, "_WARNED_RANDOM", set())  # a fresh process, as each command is
     assert main(command(artifact, photo_dir, tmp_path)) == 0
     err = " ".join(capsys.readouterr().err.split())
     assert "RANDOM weights" in err and "meaningless" in err
     assert "WARNING WARNING" not in err
 
 
-def test_detector_load_warns(artifact, caplog):
+def test_detector_load_warns_once_per_artifact(artifact, caplog, monkeypatch):
+    import sid_edge.runtime.detector as detector_module
     from sid_edge.runtime.detector import Detector
 
+    monkeypatch.setattr(detector_module, "_WARNED_RANDOM", set())
     Detector.load(artifact).close()
-    assert "RANDOM weights" in caplog.text
+    Detector.load(artifact).close()
+    assert caplog.text.count("RANDOM weights") == 1
 
 
 def test_precision_is_case_insensitive_and_verbose_goes_anywhere(artifact, photo_dir, tmp_path, capsys):

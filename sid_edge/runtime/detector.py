@@ -319,10 +319,17 @@ class Detector:
                                              self.top_concepts)
         return pred
 
+_WARNED_RANDOM: set[str] = set()
+
+
 def warn_if_random_weights(manifest: Manifest, directory) -> bool:
     """Log a warning (every time an artifact is used) when its backbone has random weights: its scores mean nothing.
     Returns whether it has."""
     if manifest.backbone.random_weights:
+        key = os.path.abspath(os.fspath(directory))
+        if key in _WARNED_RANDOM:  # once per artifact and process: a command that loads it five times warns once
+            return True
+        _WARNED_RANDOM.add(key)
         log.warning("%s: the CLIP backbone of this artifact has RANDOM weights (%s, pretrained none): its "
                     "p_synthetic scores are meaningless; use it only for pipeline, scale and speed checks",
                     directory, manifest.backbone.model_name)
