@@ -181,3 +181,13 @@ def test_unlistable_subfolder_is_reported_even_as_root(folder, artifact, tmp_pat
     rows = _rows(out)
     assert sum(r["error"] == "" for r in rows) == 3
     assert [r["error"] for r in rows if r["path"] == str(locked)] == ["cannot list this folder (Permission denied)"]
+
+
+def test_an_output_that_is_a_symlink_is_refused(folder, artifact, tmp_path, capsys):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    link = tmp_path / "r.csv"
+    link.symlink_to(victim)
+    assert main(["scan", str(folder), "--model", str(artifact), "--out", str(link), "--no-progress"]) == 2
+    assert "is a symbolic link" in capsys.readouterr().err
+    assert victim.read_text() == "precious"

@@ -214,9 +214,11 @@ def _key(path: str | os.PathLike) -> str:
 
 # ------------------------------------------------------------------------------------------------ the output file
 def check_output(out: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -> Path:
-    """Refuse (OutputError) an ``out`` that is a folder, lies below a file, is not a regular file (a device or FIFO),
-    or is one of ``inputs`` (by device and inode: a symbolic or hard link to an input counts as that input)."""
+    """Refuse (OutputError) an ``out`` that is a symbolic link, a folder, lies below a file, is not a regular file (a
+    device or FIFO), or is one of ``inputs`` (by device and inode: a hard link to an input counts as that input)."""
     p = Path(out)
+    if p.is_symlink():  # a link planted where results go (e.g. in /tmp) would have us truncate its target
+        raise OutputError(f"--out {out}: is a symbolic link; name the file itself")
     if p.is_dir():
         raise OutputError(f"--out {out}: is a folder; name a .csv or .jsonl file")
     for parent in p.absolute().parents:
