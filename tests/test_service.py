@@ -613,3 +613,25 @@ def test_backend_failure_is_500_for_that_batch_and_the_next_request_is_served(ar
         text = c.get("/metrics").text
     assert metric(text, "sid_edge_requests_total", 'outcome="error"') == 1
     assert metric(text, "sid_edge_images_total", 'outcome="failed"') == 1
+
+
+def test_results_carry_provenance_beside_the_score(artifact, images):
+    pytest.importorskip("defusedxml")
+    from PIL import PngImagePlugin
+
+    from sid_edge.provenance import attach
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 64x64, Model: sd")
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (20, 120, 200)).save(buf, format="PNG", pnginfo=info)
+    generated = buf.getvalue()
+    with running(artifact) as (url, core):
+        plain = httpx.post(url + "/v1/detect", content=generated, headers={"content-type": "image/png"}).json()
+        assert plain["results"][0]["provenance"] is None  # no reader attached: null, the score alone
+        attach(core.detector)
+        r = httpx.post(url + "/v1/detect", files=[("files", ("gen.png", generated, "image/png")),
+                                                   ("files", ("photo", images[0][1], "image/jpeg"))]).json()
+    signals = [s["label"] for s in r["results"][0]["provenance"]]
+    assert signals == ["AUTOMATIC1111"] and r["results"][1]["provenance"] == []
+    assert r["results"][0]["p_synthetic"] == pytest.approx(plain["results"][0]["p_synthetic"], abs=1e-7)

@@ -29,6 +29,9 @@ def add_parser(sub) -> None:
     s.add_argument("--threshold", type=float, default=None, help="override the artifact's threshold on p_synthetic")
     s.add_argument("--top-concepts", type=int, default=3, metavar="N",
                    help="top concepts per image when the artifact has a vocabulary; 0 for none (default: %(default)s)")
+    s.add_argument("--no-provenance", action="store_true",
+                   help="no `provenance` field in the results (by default each image's C2PA, IPTC digital source type "
+                        "and generator-metadata signals are read from its bytes, needs the provenance extra)")
     s.add_argument("--threads", type=int, default=None, metavar="N",
                    help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)")
     g = s.add_argument_group("batching")
@@ -112,6 +115,16 @@ def run(args) -> int:
     except (ManifestError, ValueError) as e:  # BackendUnavailable is a ValueError
         raise ModelError(str(e)) from e
     det.top_concepts = args.top_concepts
+    if not args.no_provenance:
+        try:
+            from sid_edge.provenance import attach
+
+            reader = attach(det)
+            if reader.unavailable:
+                console.print("provenance: not checked: " + "; ".join(f"{k} ({r})" for k, r in reader.unavailable.items()),
+                              highlight=False, markup=False)
+        except ImportError as e:
+            console.print(f"provenance: off ({e}); pip install 'sid-edge[provenance]'", highlight=False, markup=False)
     limits = ImageLimits(max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)
     core = BatchingDetector(det, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                             decode_workers=args.decode_workers, limits=limits)

@@ -22,6 +22,7 @@ image counts, request id; never image bytes or file names).
 from __future__ import annotations
 
 import asyncio
+import threading
 import contextlib
 import hmac
 import json
@@ -103,6 +104,10 @@ class ImageResult(BaseModel):
     error: str | None = Field(None, description="why the image was not scored; null when scored")
     top_concepts: list[Concept] | None = Field(
         None, description="the image's top concepts when the artifact has a vocabulary, else null")
+    provenance: list[dict] | None = Field(
+        None, description="provenance signals read from the image's bytes (C2PA, IPTC digital source type, generator "
+                          "metadata; each with kind, assertion, trust, label): separate evidence beside the pixel "
+                          "score; null when the service runs with --no-provenance")
 
 
 class ModelIdentity(BaseModel):
@@ -229,6 +234,8 @@ def create_app(core: BatchingDetector, settings: ServiceSettings | None = None) 
     def unavailable(reason: str) -> HTTPException:
         return HTTPException(503, reason, headers={"Retry-After": str(settings.retry_after_s)})
 
+    provenance_lock = threading.Lock()
+
     @app.post("/v1/detect", response_model=DetectResponse, openapi_extra=_REQUEST_BODY,
               dependencies=[Depends(authorize)],
               responses={c: _ERROR for c in (400, 401, 413, 415, 422, 503, 504)},
@@ -250,6 +257,14 @@ def create_app(core: BatchingDetector, settings: ServiceSettings | None = None) 
         except Exception as e:  # noqa: BLE001 - the backend failed on this request's batch
             log.error("inference failed: %s: %s", type(e).__name__, e)
             raise HTTPException(500, f"inference failed ({type(e).__name__}); see the service log") from None
+        reader = core.detector.provenance_reader
+        if reader is not None:  # metadata only (milliseconds an image); one reader, so one request at a time
+            def read_all():
+                with provenance_lock:
+                    return [_provenance(reader, im) for im in images]
+
+            for p, signals in zip(preds, await asyncio.get_running_loop().run_in_executor(None, read_all)):
+                p.provenance = signals
         request.state.errors = sum(1 for p in preds if p.error)
         if len(preds) == 1 and preds[0].error:
             raise HTTPException(422, f"image refused: {preds[0].error}")
@@ -356,7 +371,16 @@ def _clean_name(name: str | None) -> str | None:
 def _result(index: int, p: Prediction, threshold: float, concepts: bool) -> dict:
     return {"index": index, "name": p.source if isinstance(p.source, str) else None, "p_synthetic": p.p_synthetic,
             "logit": p.logit, "prediction": p.prediction, "threshold": threshold, "error": p.error,
-            "top_concepts": [h.to_dict() for h in p.top_concepts] if concepts else None}
+            "top_concepts": [h.to_dict() for h in p.top_concepts] if concepts else None,
+            "provenance": p.provenance}
+
+
+def _provenance(reader, image) -> list[dict]:
+    try:
+        return list(reader(image))
+    except Exception as e:  # noqa: BLE001 - a reader problem costs the signals, never the score
+        log.warning("provenance reader failed: %s: %s", type(e).__name__, e)
+        return []
 
 
 class _AccessLog:
