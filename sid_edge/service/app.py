@@ -241,12 +241,15 @@ def create_app(core: BatchingDetector, settings: ServiceSettings | None = None) 
               responses={c: _ERROR for c in (400, 401, 413, 415, 422, 503, 504)},
               summary="Score one image (raw body) or several (multipart form files)")
     async def detect(request: Request) -> dict:
+        async def read_and_score():
+            images, names = await _read_images(request, settings)
+            request.state.images = len(images)
+            return images, await core.detect(images, names)
+
         try:
-            async with asyncio.timeout(settings.timeout_s):
-                images, names = await _read_images(request, settings)
-                request.state.images = len(images)
-                preds = await core.detect(images, names)
-        except TimeoutError:
+            # wait_for, not asyncio.timeout (3.11+): the service runs on Python 3.10 too (JetPack 6)
+            images, preds = await asyncio.wait_for(read_and_score(), settings.timeout_s)
+        except (TimeoutError, asyncio.TimeoutError):
             raise HTTPException(504, f"not answered within the request timeout of {settings.timeout_s:g} s") from None
         except Overloaded as e:
             raise unavailable(str(e)) from None
