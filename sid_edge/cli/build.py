@@ -9,7 +9,6 @@ from sid_edge.cli.common import (
     ModelError,
     UsageError,
     add_engine_args,
-    require_extra,
     console,
 )
 
@@ -83,6 +82,5 @@ def build_engines(model_dir, precisions, options: dict) -> None:
 
 def run(args) -> int:
     options = engine_options(args)
-    require_extra("tensorrt", "tensorrt")  # before any "Building…" line: a missing extra is a usage error (exit 2)
     build_engines(args.model, args.precision, options)
     return EXIT_OK
