@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
@@ -33,23 +32,15 @@ PIPELINE_NAMES = ("clip-cues", "hf-clip", "open_clip")
 
 
 def _machine() -> dict:
-    cpu, flags = platform.processor(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-            if line.startswith("model name") and not cpu:
-                cpu = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    from sid_edge.runtime.cpu_features import detect
+
     versions = {}
     for dist in ("torch", "open_clip_torch", "pillow", "numpy"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "isa": sorted(f for f in flags if f in {"avx2", "avx512f"}),
-            "python": platform.python_version(), **versions}
+    return {"cpu": detect().summary(), "python": platform.python_version(), **versions}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import platform
 import statistics
 import sys
@@ -36,21 +35,15 @@ XMP = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.or
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from sid_edge.runtime.cpu_features import detect
+
     versions = {}
     for pkg in ("c2pa-python", "defusedxml", "PyWavelets", "invisible-watermark", "pillow", "opencv-python-headless"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), **versions}
+    return {"cpu": detect().summary(), "python": platform.python_version(), **versions}
 
 
 def _sign(jpeg: bytes) -> bytes | None:

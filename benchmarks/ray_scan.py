@@ -51,17 +51,9 @@ def machine() -> dict:
 
     import onnxruntime as ort
 
-    flags, cpu = set(), platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2),
-            "isa": sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"}),
+    from sid_edge.runtime.cpu_features import detect
+
+    return {"cpu": detect().summary(), "load_average_1min": round(os.getloadavg()[0], 2),
             "python": platform.python_version(), "onnxruntime": ort.__version__, "ray": metadata.version("ray"),
             "pyarrow": metadata.version("pyarrow")}
 

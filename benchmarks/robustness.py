@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -28,18 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def cpu() -> dict:
-    """CPU model, cores and the SIMD features that decide numpy/ONNX Runtime speed (Linux /proc/cpuinfo)."""
-    model, flags = platform.processor() or platform.machine(), []
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), model)
-        have = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-        flags = [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "amx_tile") if f in have]
-    except OSError:
-        pass
-    import os
+    """The CPU the figures were measured on (model, cores, SIMD features): sid_edge.runtime.cpu_features."""
+    from sid_edge.runtime.cpu_features import detect
 
-    return {"model": model, "cores": os.cpu_count(), "features": flags}
+    return detect().summary()
 
 
 def main(argv=None) -> int:

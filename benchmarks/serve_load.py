@@ -61,19 +61,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def machine() -> dict:
     import onnxruntime as ort
 
-    flags, cpu = set(), ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-            if line.startswith("model name") and not cpu:
-                cpu = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    from sid_edge.runtime.cpu_features import detect
+
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {
-        "cpu": cpu or platform.processor(), "cores": os.cpu_count(), "python": platform.python_version(),
-        "isa": sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"}),
+        "cpu": detect().summary(), "python": platform.python_version(),
         "load_average_at_start": [round(x, 2) for x in load] if load else None,
         "onnxruntime": ort.__version__, "providers": ort.get_available_providers(),
         **{lib: metadata.version(lib) for lib in ("fastapi", "uvicorn", "httpx")},

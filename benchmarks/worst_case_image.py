@@ -41,18 +41,9 @@ print(json.dumps({"file_bytes": len(data), "outcome": outcome, "peak_rss_mib": p
 
 
 def cpu() -> str:
-    name, flags = platform.processor() or "?", ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and name in ("?", ""):
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                flags = " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in have)
-                break
-    except OSError:
-        pass
-    return f"{name} ({flags or 'no AVX2'})"
+    from sid_edge.runtime.cpu_features import detect
+
+    return detect().describe()
 
 
 def _png(folder, w: int, h: int) -> str:

@@ -110,6 +110,11 @@ class CpuFeatures:
                f"x {units} FMA units")
         return gflops, how
 
+    def summary(self) -> dict:
+        """JSON-able record for benchmark results: model, architecture, logical CPUs, clock, kernel-relevant flags."""
+        return {"model": self.model_name or self.vendor or "unknown", "machine": self.machine, "cores": self.cores,
+                "mhz": self.mhz, "flags": [f for f in REPORTED_FLAGS if f in self.flags]}
+
     def describe(self) -> str:
         """One line: model, cores, clock and the kernel-relevant flags present."""
         present = [f for f in REPORTED_FLAGS if f in self.flags]
