@@ -102,7 +102,7 @@ def run(args) -> int:
 
         return scan_ray.run(args)
     from sid_edge.runtime.detector import Detector
-    from sid_edge.runtime.images import DEFAULT_MAX_PIXELS
+    from sid_edge.runtime.images import DEFAULT_MAX_PIXELS, Discovery
     from sid_edge.artifact.manifest import ManifestError
     from sid_edge.runtime.scan import OutputError, check_output, scan
 
@@ -170,9 +170,11 @@ def run(args) -> int:
         return _scan_media(args, det, progress, media)
     try:
         with det:
+            # The folders were walked once already (for videos): no video among them, so these are the image files.
+            found = Discovery([it.source for it in media.inputs], media.skipped, media.unreadable)
             summary = scan(args.paths, det, out=args.out, batch_size=args.batch_size, workers=args.workers,
                            max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, progress=progress,
-                           top_concepts=args.top_concepts, resume=args.resume, all_files=args.all_files)
+                           top_concepts=args.top_concepts, resume=args.resume, all_files=args.all_files, found=found)
     except OutputError as e:
         raise UsageError(str(e)) from None
     for folder in summary.unreadable_folders:

@@ -359,6 +359,7 @@ def scan(
     top_concepts: int = DEFAULT_TOP_CONCEPTS,
     resume: bool = False,
     all_files: bool = False,
+    found: Discovery | None = None,
 ) -> ScanSummary:
     """Discover images under ``paths`` (recursively) and score them, writing one row per file to ``out``
     (CSV, or JSONL by extension; stdout when None) as results arrive.
@@ -368,12 +369,13 @@ def scan(
             ``detector.top_concepts``.
         resume: keep the rows of an earlier run to the same ``out`` for files unchanged since (module docstring).
         all_files: give every file found in a folder a row, not only those with an image extension.
+        found: ``discover(paths, all_files=all_files)`` when the caller already walked ``paths`` (not walked again).
 
     Raises:
         FileNotFoundError: a path argument that does not exist.
         OutputError: ``out`` cannot be used (module docstring). Never raised for a bad image or an unreadable folder.
     """
-    found: Discovery = discover(paths, all_files=all_files)
+    found = discover(paths, all_files=all_files) if found is None else found
     files = found.files
     if resume and out is None:
         raise OutputError("--resume needs --out FILE (the results of the run to resume)")
