@@ -52,6 +52,14 @@ def test_unlisted_external_data_is_refused_before_the_session_opens(ext_artifact
     write_manifest(d, m)
     with pytest.raises(ManifestError, match="references external data the manifest does not list.*sneaky.bin"):
         Detector.load(d)
+    # As a user meets it: exit 3 with the reason, nothing scored.
+    from sid_edge.cli import main
+
+    img = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (80, 60)).save(img)
+    assert main(["scan", str(img), "--model", str(d), "--no-progress"]) == 3
 
 
 def test_edited_external_data_is_refused(ext_artifact, tmp_path):

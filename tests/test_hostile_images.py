@@ -184,3 +184,44 @@ def test_scores_do_not_depend_on_batch_size_or_position(precision_artifact, phot
                 batch[pos] = x
                 worst = max(worst, abs(float(det.run(batch)["p_synthetic"][pos]) - alone))
     assert worst <= BATCH_INVARIANCE_BOUND[precision], f"{precision}: max |dp| {worst:.3g}"
+
+
+# ------------------------------------------------------------------------------------------ as a user meets them
+def test_thin_strip_and_fifo_through_the_cli(artifact, photo_dir, tmp_path, capsys):
+    import csv
+
+    from sid_edge.cli import main
+
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "strip.png").write_bytes(_png(20000, 1))
+    os.mkfifo(d / "pipe.jpg")
+    (d / "ok.jpg").write_bytes((photo_dir / "coffee.jpg").read_bytes())
+    out = tmp_path / "r.csv"
+    assert main(["scan", str(d), "--model", str(artifact), "--out", str(out), "--no-progress"]) == 0
+    rows = {os.path.basename(r["path"]): r for r in csv.DictReader(open(out))}
+    assert "aspect ratio 20000:1 exceeds 32:1" in rows["strip.png"]["error"]
+    assert rows["pipe.jpg"]["error"] == "not a regular file"
+    assert rows["ok.jpg"]["error"] == "" and rows["ok.jpg"]["p_synthetic"]
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_fifo_in_an_evaluated_dataset_neither_blocks_nor_crashes(artifact, photo_dir, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    (data / "real").mkdir(parents=True)
+    (data / "synthetic").mkdir()
+    for i, name in enumerate(("coffee.jpg", "rocket.jpg", "astronaut.png", "chelsea.png")):
+        sub = "real" if i % 2 else "synthetic"
+        (data / sub / name).write_bytes((photo_dir / name).read_bytes())
+    os.mkfifo(data / "real" / "pipe.jpg")
+    r = subprocess.run([sys.executable, "-m", "sid_edge", "evaluate", str(artifact), "--data", str(data),
+                        "--out", str(tmp_path / "ev"), "--no-progress"], capture_output=True, text=True, timeout=240,
+                       env={**os.environ, "SID_EDGE_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    err = " ".join(r.stderr.split())
+    assert "1 image could not be read or decoded" in err and "pipe.jpg: not a regular file" in err
+    assert "pipe.jpg: not a regular file" in (tmp_path / "ev" / "report.md").read_text()
